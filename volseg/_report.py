@@ -1,0 +1,56 @@
+"""Human-readable terminal output shared by commands (rich tables, sizes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def print_info(data: dict[str, Any]) -> None:
+    """Print ``volume_info`` output as a two-column table."""
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    zyx = lambda v: " x ".join(str(x) for x in v)  # noqa: E731
+    comp = data["completion"]
+    rows = [
+        ("path", data["path"]),
+        ("kind", data["kind"]),
+        ("shape (z, y, x)", zyx(data["shape"])),
+        ("dtype", data["dtype"]),
+        ("chunks", zyx(data["chunks"]) + (f"  (shards {zyx(data['shards'])})" if data["shards"] else "")),
+        ("codec", data["codec"]),
+        ("size", f"{human_bytes(data['stored_bytes'])} stored / {human_bytes(data['raw_bytes'])} raw"
+                 + (f"  ({data['ratio']}x)" if data["ratio"] else "")),
+        ("voxel size", f"{zyx(data['voxel_size'])} {data['unit']}"),
+        ("levels", ", ".join(data["levels"])),
+        ("status", comp["status"]),
+        ("blocks done", f"{comp['blocks_done']} / {comp['blocks_total']}  (block {zyx(comp['block_shape'])})"),
+        ("sections done", f"{comp['sections_done']} / {comp['sections_total']}"),
+    ]
+    prov = data.get("provenance") or {}
+    if prov.get("created"):
+        rows.append(("created", prov["created"]))
+    if prov.get("command"):
+        rows.append(("command", " ".join(prov["command"])))
+    for src in (prov.get("sources") or [])[:5]:
+        rows.append(("source", f"{src['path']} ({human_bytes(src.get('size', 0))}, {src.get('mtime', '?')})"))
+    if len(prov.get("sources") or []) > 5:
+        rows.append(("", f"... and {len(prov['sources']) - 5} more sources"))
+    if prov.get("versions"):
+        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in prov["versions"].items())))
+    for k, v in rows:
+        t.add_row(k, str(v))
+    console.print(t)

@@ -1,0 +1,587 @@
+"""OME-Zarr (NGFF 0.5) volumes: create, open, describe, and record completion.
+
+A volume is a Zarr v3 group holding array ``0`` with axes ``(z, y, x)``, the voxel
+size as an OME ``scale`` transform, optional pyramid levels ``1``, ``2``, ..., and a
+``volseg`` attribute block with provenance and the run's status.
+
+Completion record
+-----------------
+Stages write a volume block by block (a block is a chunk, or a shard when the
+array is sharded, so that no two writers ever touch the same stored object). After
+a block's data is stored (and fsynced), an empty marker file
+``<volume>/.volseg/done/<iz>.<iy>.<ix>`` is created. A resumed run skips exactly
+the blocks with a marker; a block without one is rewritten whole. When every block
+is done the stage sets ``volseg.status = "complete"``; until then it is
+``"incomplete"``, so a half-written volume never looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+from volseg.errors import InputError, OptionError, OutputError
+
+__all__ = [
+    "CODECS",
+    "Volume",
+    "block_slices",
+    "create_volume",
+    "open_volume",
+    "parse_codec",
+    "provenance",
+    "volume_info",
+]
+
+NGFF_VERSION = "0.5"
+FORMAT_VERSION = 1
+AXES = ("z", "y", "x")
+DONE_DIR = ".volseg/done"
+CODECS = ("blosc-zstd", "blosc-lz4", "zstd", "gzip", "none")
+DEFAULT_CODEC = "blosc-zstd"
+KINDS = ("image", "label", "probability", "mask")
+
+
+# --------------------------------------------------------------------------- codecs
+def parse_codec(spec: str | None) -> list[Any] | None:
+    """Turn ``NAME[:LEVEL]`` into Zarr v3 compressors.
+
+    Parameters
+    ----------
+    spec
+        One of ``blosc-zstd`` (default), ``blosc-lz4``, ``zstd``, ``gzip``, ``none``,
+        optionally followed by ``:LEVEL`` (for example ``zstd:3``).
+
+    Returns
+    -------
+    list or None
+        Compressors for :func:`zarr.create_array`; ``None`` means uncompressed.
+    """
+    spec = (spec or DEFAULT_CODEC).strip().lower()
+    name, _, level_text = spec.partition(":")
+    if name not in CODECS:
+        raise OptionError(f"--codec {spec!r}: unknown codec; use one of {', '.join(CODECS)} (optionally :LEVEL)")
+    level: int | None = None
+    if level_text:
+        try:
+            level = int(level_text)
+        except ValueError:
+            raise OptionError(f"--codec {spec!r}: level {level_text!r} is not an integer; write e.g. zstd:3") from None
+    if name == "none":
+        return None
+    if name.startswith("blosc"):
+        clevel = 5 if level is None else level
+        if not 0 <= clevel <= 9:
+            raise OptionError(f"--codec {spec!r}: blosc level must be 0..9")
+        return [BloscCodec(cname=name.split("-")[1], clevel=clevel, shuffle="bitshuffle")]
+    if name == "zstd":
+        return [ZstdCodec(level=3 if level is None else level)]
+    glevel = 5 if level is None else level
+    if not 0 <= glevel <= 9:
+        raise OptionError(f"--codec {spec!r}: gzip level must be 0..9")
+    return [GzipCodec(level=glevel)]
+
+
+def _codec_name(array: zarr.Array) -> str:
+    names = []
+    for c in array.compressors:
+        if isinstance(c, BloscCodec):
+            names.append(f"blosc-{c.cname.value}:{c.clevel}")
+        elif isinstance(c, ZstdCodec):
+            names.append(f"zstd:{c.level}")
+        elif isinstance(c, GzipCodec):
+            names.append(f"gzip:{c.level}")
+        else:
+            names.append(type(c).__name__)
+    return "+".join(names) or "none"
+
+
+# ----------------------------------------------------------------------- provenance
+def _versions() -> dict[str, str]:
+    import dask
+    import tifffile
+
+    from volseg import __version__
+
+    return {
+        "volseg": __version__,
+        "zarr": zarr.__version__,
+        "dask": dask.__version__,
+        "tifffile": tifffile.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(
+    sources: Iterable[str | os.PathLike] = (),
+    config: dict[str, Any] | None = None,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Describe where a volume came from.
+
+    Each source file is recorded with its absolute path, size and modification
+    time, so a later reader can tell whether the source changed since.
+    """
+    records = []
+    for src in sources:
+        p = Path(src)
+        entry: dict[str, Any] = {"path": str(p.resolve())}
+        if p.exists():
+            st = p.stat()
+            entry["size"] = st.st_size
+            entry["mtime"] = _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
+        records.append(entry)
+    return {
+        "sources": records,
+        "command": list(sys.argv if command is None else command),
+        "versions": _versions(),
+        "created": _now(),
+        "config": config or {},
+    }
+
+
+# ---------------------------------------------------------------------- block grid
+def block_slices(shape: Sequence[int], block: Sequence[int], index: Sequence[int]) -> tuple[slice, ...]:
+    """Slices of block ``index`` in a grid of ``block``-shaped blocks over ``shape``."""
+    return tuple(slice(i * b, min((i + 1) * b, s)) for s, b, i in zip(shape, block, index))
+
+
+def _grid(shape: Sequence[int], block: Sequence[int]) -> tuple[int, ...]:
+    return tuple(-(-s // b) for s, b in zip(shape, block))
+
+
+def _ome_attrs(name: str, unit: str, levels: Sequence[tuple[str, Sequence[float]]], kind: str) -> dict[str, Any]:
+    ome: dict[str, Any] = {
+        "version": NGFF_VERSION,
+        "multiscales": [
+            {
+                "name": name,
+                "axes": [{"name": a, "type": "space", "unit": unit} for a in AXES],
+                "datasets": [
+                    {"path": path, "coordinateTransformations": [{"type": "scale", "scale": [float(v) for v in scale]}]}
+                    for path, scale in levels
+                ],
+            }
+        ],
+    }
+    if kind == "label":
+        ome["image-label"] = {"version": NGFF_VERSION}
+    return {"ome": ome}
+
+
+# -------------------------------------------------------------------------- volume
+@dataclass
+class Volume:
+    """An open OME-Zarr volume.
+
+    Attributes
+    ----------
+    path
+        The volume's folder.
+    group
+        The Zarr v3 group.
+    """
+
+    path: Path
+    group: zarr.Group
+
+    # ---- arrays and metadata
+    @property
+    def array(self) -> zarr.Array:
+        """Full-resolution array ``0``, shape ``(Z, Y, X)``."""
+        return self.group["0"]
+
+    def level(self, n: int) -> zarr.Array:
+        """Pyramid level ``n`` (0 is full resolution)."""
+        try:
+            return self.group[str(n)]
+        except KeyError:
+            raise InputError(f"{self.path}: has no pyramid level {n}; levels are {self.levels}") from None
+
+    @property
+    def levels(self) -> list[str]:
+        return [d["path"] for d in self._multiscale["datasets"]]
+
+    @property
+    def data(self) -> da.Array:
+        """Lazy dask view of level 0, chunked like the stored array."""
+        return da.from_zarr(self.array)
+
+    def to_dask(self, level: int = 0, chunks: Any = None) -> da.Array:
+        arr = self.level(level)
+        return da.from_zarr(arr, chunks=chunks or arr.chunks)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype.to_native_dtype() if hasattr(self.array.dtype, "to_native_dtype") else self.array.dtype)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.array.chunks)
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        s = self.array.shards
+        return tuple(s) if s else None
+
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        """The unit of independent writes: the shard if sharded, else the chunk."""
+        return self.shards or self.chunks
+
+    @property
+    def block_grid(self) -> tuple[int, ...]:
+        return _grid(self.shape, self.block_shape)
+
+    @property
+    def _multiscale(self) -> dict[str, Any]:
+        return self.group.attrs["ome"]["multiscales"][0]
+
+    @property
+    def voxel_size(self) -> tuple[float, ...]:
+        """Voxel size ``(z, y, x)`` in :attr:`unit`."""
+        for t in self._multiscale["datasets"][0]["coordinateTransformations"]:
+            if t["type"] == "scale":
+                return tuple(float(v) for v in t["scale"])
+        return (1.0, 1.0, 1.0)
+
+    @property
+    def unit(self) -> str:
+        return self._multiscale["axes"][0].get("unit", "")
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The ``volseg`` attribute block (kind, provenance, status, stage attributes)."""
+        return dict(self.group.attrs.get("volseg", {}))
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "image")
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.meta.get("provenance", {})
+
+    def update_meta(self, **values: Any) -> None:
+        """Merge ``values`` into the ``volseg`` attribute block."""
+        meta = self.meta
+        meta.update(values)
+        self.group.attrs.update({"volseg": meta})
+
+    # ---- completion record
+    @property
+    def _done_dir(self) -> Path:
+        return self.path / DONE_DIR
+
+    def block_ids(self) -> Iterator[tuple[int, ...]]:
+        """All block indices in C order."""
+        return itertools.product(*(range(n) for n in self.block_grid))
+
+    def block_region(self, index: Sequence[int]) -> tuple[slice, ...]:
+        return block_slices(self.shape, self.block_shape, index)
+
+    def done_blocks(self) -> set[tuple[int, ...]]:
+        """Indices of blocks whose data is durably stored."""
+        if not self._done_dir.is_dir():
+            return set()
+        done = set()
+        for name in os.listdir(self._done_dir):
+            parts = name.split(".")
+            if len(parts) == len(self.shape) and all(p.isdigit() for p in parts):
+                done.add(tuple(int(p) for p in parts))
+        return done
+
+    def is_done(self, index: Sequence[int]) -> bool:
+        return (self._done_dir / ".".join(map(str, index))).exists()
+
+    def write_block(self, index: Sequence[int], data: np.ndarray, *, fsync: bool = True) -> None:
+        """Store one whole block, make it durable, then record it as done.
+
+        Parameters
+        ----------
+        index
+            Block index in :attr:`block_grid`.
+        data
+            Array of the block's exact shape (smaller at the volume's far edges).
+        """
+        region = self.block_region(index)
+        expected = tuple(s.stop - s.start for s in region)
+        if tuple(data.shape) != expected:
+            raise ValueError(f"block {tuple(index)} needs shape {expected}, got {data.shape}")
+        self.array[region] = data
+        self.mark_done(index, fsync=fsync)
+
+    def mark_done(self, index: Sequence[int], *, fsync: bool = True) -> None:
+        """Record block ``index`` as done (after its data has been written)."""
+        if fsync:
+            self._fsync_block(index)
+        self._done_dir.mkdir(parents=True, exist_ok=True)
+        marker = self._done_dir / ".".join(map(str, index))
+        fd = os.open(marker, os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _fsync_block(self, index: Sequence[int]) -> None:
+        # The chunk files of this block: fsync them so that "done" survives a power cut,
+        # not only a kill -9 (the page cache already survives that).
+        region = self.block_region(index)
+        first = [s.start // c for s, c in zip(region, self.block_shape)]
+        root = self.path / "0" / "c"
+        if self.shards:
+            files = [root.joinpath(*map(str, first))]
+        else:
+            ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(region, self.chunks)]
+            files = [root.joinpath(*map(str, ix)) for ix in itertools.product(*ranges)]
+        for f in files:
+            try:
+                fd = os.open(f, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # an all-fill-value chunk is not stored
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    @property
+    def complete(self) -> bool:
+        return self.meta.get("status") == "complete"
+
+    def mark_complete(self) -> None:
+        """Set status ``complete``; only call once every block is done."""
+        missing = self.n_blocks - len(self.done_blocks())
+        if missing:
+            raise RuntimeError(f"{self.path}: {missing} blocks are not done; refusing to mark complete")
+        self.update_meta(status="complete", completed=_now())
+
+    @property
+    def n_blocks(self) -> int:
+        return int(np.prod(self.block_grid))
+
+    def completion(self) -> dict[str, Any]:
+        """Summary of the completion record."""
+        done = self.done_blocks()
+        info: dict[str, Any] = {
+            "status": self.meta.get("status", "unknown"),
+            "blocks_done": len(done),
+            "blocks_total": self.n_blocks,
+            "block_shape": list(self.block_shape),
+        }
+        # Sections fully written: every block of a z-band is done.
+        per_band = int(np.prod(self.block_grid[1:]))
+        bands = sorted(b for b in range(self.block_grid[0]) if sum(1 for d in done if d[0] == b) == per_band)
+        bz = self.block_shape[0]
+        info["sections_done"] = sum(min(bz, self.shape[0] - b * bz) for b in bands)
+        info["sections_total"] = self.shape[0]
+        return info
+
+    # ---- pyramid
+    def add_pyramid(self, levels: int, *, method: str = "mean") -> None:
+        """Write 2-D (y, x) downsampled levels ``1..levels`` (factor 2 each), chunk by chunk."""
+        from volseg.pyramid import write_levels
+
+        write_levels(self, levels, method=method)
+
+
+def _check_local(path: str | os.PathLike) -> Path:
+    text = os.fspath(path)
+    if "://" in text:
+        raise OptionError(f"{text}: only local paths are supported for now; copy the data to a local or mounted disk")
+    return Path(text)
+
+
+def create_volume(
+    path: str | os.PathLike,
+    shape: Sequence[int],
+    dtype: Any,
+    chunks: Sequence[int],
+    *,
+    codec: str | None = DEFAULT_CODEC,
+    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+    unit: str = "nanometer",
+    shards: Sequence[int] | None = None,
+    kind: str = "image",
+    overwrite: bool = False,
+    fill_value: Any = 0,
+    provenance_block: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Volume:
+    """Create an empty volume whose status is ``incomplete``.
+
+    Parameters
+    ----------
+    path
+        Folder to create (conventionally ending in ``.zarr``).
+    shape, chunks
+        ``(Z, Y, X)`` sizes; chunks are clipped to the shape.
+    dtype
+        Any numpy dtype.
+    codec
+        See :func:`parse_codec`.
+    voxel_size, unit
+        Physical size of a voxel ``(z, y, x)``.
+    shards
+        Optional shard shape (a multiple of ``chunks``), for volumes with very many chunks.
+    kind
+        ``image``, ``label``, ``probability`` or ``mask``; labels get OME ``image-label`` metadata.
+    overwrite
+        Replace an existing volume; otherwise an existing path is refused.
+    """
+    path = _check_local(path)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise OptionError(f"{path}: volume shape must be three positive sizes (Z, Y, X), got {shape}")
+    chunks = tuple(max(1, min(int(c), s)) for c, s in zip(chunks, shape))
+    if shards is not None:
+        shards = tuple(max(c, min(int(s), -(-n // c) * c)) for s, c, n in zip(shards, chunks, shape))
+        if any(s % c for s, c in zip(shards, chunks)):
+            raise OptionError(f"shards {shards} must be multiples of chunks {chunks}")
+    if len(voxel_size) != 3 or any(float(v) <= 0 for v in voxel_size):
+        raise OptionError(f"voxel size must be three positive numbers (z, y, x), got {tuple(voxel_size)}")
+    if kind not in KINDS:
+        raise OptionError(f"kind {kind!r} is not one of {KINDS}")
+    compressors = parse_codec(codec)
+    _prepare_output(path, overwrite)
+    try:
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        group.create_array(
+            "0",
+            shape=shape,
+            dtype=np.dtype(dtype),
+            chunks=chunks,
+            shards=shards,
+            compressors=compressors,
+            fill_value=fill_value,
+            dimension_names=AXES,
+        )
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the output ({exc.strerror or exc}); choose a writable location") from exc
+    attrs = _ome_attrs(path.stem, unit, [("0", voxel_size)], kind)
+    attrs["volseg"] = {
+        "format": FORMAT_VERSION,
+        "kind": kind,
+        "status": "incomplete",
+        "provenance": provenance_block or provenance(),
+        **(extra or {}),
+    }
+    group.attrs.update(attrs)
+    return Volume(path, group)
+
+
+def _prepare_output(path: Path, overwrite: bool) -> None:
+    if path.exists():
+        if not overwrite:
+            raise OutputError(f"{path}: output already exists; pass --overwrite to replace it (or --resume to continue it)")
+        if path.is_dir() and not (path / "zarr.json").exists() and any(path.iterdir()):
+            raise OutputError(f"{path}: exists and is not a Zarr volume; refusing to delete it, choose another output")
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create the output folder ({exc.strerror or exc}); choose a writable location") from exc
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{path}: folder {parent} is not writable; choose a writable location")
+
+
+def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
+    """Open a volume lazily.
+
+    Parameters
+    ----------
+    path
+        A volume folder written by volseg, or any OME-Zarr v3 image with ``(z, y, x)``
+        level ``0``, or a bare Zarr v3 array folder.
+    mode
+        ``"r"`` to read, ``"r+"`` to resume writing.
+
+    Returns
+    -------
+    Volume
+        ``.data`` is a dask array ``(Z, Y, X)``; metadata via ``.voxel_size``, ``.meta``.
+    """
+    path = _check_local(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such volume; check the path (volumes are folders written by 'volseg convert')")
+    if not (path / "zarr.json").is_file():
+        raise InputError(f"{path}: not a Zarr v3 volume (no zarr.json); convert images first with 'volseg convert'")
+    try:
+        node = zarr.open(str(path), mode=mode, zarr_format=3)
+    except Exception as exc:  # zarr raises many types for corrupt metadata
+        raise InputError(f"{path}: cannot open as Zarr v3 ({exc}); is it a volume written by volseg?") from exc
+    if isinstance(node, zarr.Array):
+        raise InputError(f"{path}: is a bare Zarr array, not an OME-Zarr volume; open its parent group instead")
+    if "0" not in node or "ome" not in node.attrs:
+        raise InputError(f"{path}: is a Zarr group but not an OME-Zarr volume (no 'ome' metadata or array '0')")
+    vol = Volume(path, node)
+    if vol.array.ndim != 3:
+        raise InputError(f"{path}: array '0' has {vol.array.ndim} dimensions; volseg needs (z, y, x)")
+    return vol
+
+
+def _stored_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+def volume_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Everything ``volseg info`` shows, as a JSON-ready dict."""
+    vol = open_volume(path)
+    raw = int(np.prod(vol.shape)) * vol.dtype.itemsize
+    stored = _stored_bytes(vol.path)
+    meta = vol.meta
+    return {
+        "path": str(vol.path),
+        "kind": vol.kind,
+        "shape": list(vol.shape),
+        "dtype": str(vol.dtype),
+        "chunks": list(vol.chunks),
+        "shards": list(vol.shards) if vol.shards else None,
+        "codec": _codec_name(vol.array),
+        "raw_bytes": raw,
+        "stored_bytes": stored,
+        "ratio": round(raw / stored, 2) if stored else None,
+        "voxel_size": list(vol.voxel_size),
+        "unit": vol.unit,
+        "levels": vol.levels,
+        "completion": vol.completion(),
+        "provenance": meta.get("provenance", {}),
+        "attributes": {k: v for k, v in meta.items() if k not in {"provenance"}},
+    }
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)
