@@ -6,6 +6,7 @@ and exit with code 2; ``volseg --debug COMMAND`` shows the traceback instead.
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import sys
@@ -211,6 +212,517 @@ def synth_cmd(
         f"{result.seconds:.1f} s ({result.mvox_per_s:.2f} Mvox/s)"
     )
 
+
+# ---------------------------------------------------------------------- segment
+class SegmentMode(str, enum.Enum):
+    two_d = "2d"
+    three_d = "3d"
+
+
+class SegmentMethod(str, enum.Enum):
+    watershed = "watershed"
+    cc = "cc"
+
+
+class SeedKind(str, enum.Enum):
+    distance = "distance"
+    hminima = "hminima"
+
+
+@app.command("segment")
+@friendly
+def segment_cmd(
+    prob: Annotated[
+        Path, typer.Argument(help="Probability (uint8 or float) or binary mask volume.", show_default=False)
+    ],
+    out: Annotated[Path, typer.Argument(help="The label volume to write (cells.zarr).", show_default=False)],
+    mode: Annotated[
+        SegmentMode,
+        typer.Option(
+            help="2d: each section on its own (ssTEM); 3d: connected components consistent across blocks."
+        ),
+    ] = SegmentMode.two_d,
+    method: Annotated[
+        SegmentMethod,
+        typer.Option(help="2-D: seeded watershed, or plain connected components of the interior."),
+    ] = SegmentMethod.watershed,
+    seeds: Annotated[
+        SeedKind,
+        typer.Option(
+            help="Watershed seeds: h-minima of the boundary map, or the tops of the interior's "
+            "distance transform."
+        ),
+    ] = SeedKind.hminima,
+    threshold: Annotated[
+        float, typer.Option(help="Boundary probability below which a pixel is cell interior.")
+    ] = 0.5,
+    sigma: Annotated[
+        float, typer.Option(help="Gaussian smoothing of the boundary map in y, x (pixels; 0: none).")
+    ] = 1.0,
+    min_distance: Annotated[
+        int, typer.Option(help="Smallest distance between distance-transform seeds (pixels).")
+    ] = 8,
+    distance_h: Annotated[
+        float, typer.Option(help="Distance seeds: least height of a distance-transform maximum (pixels).")
+    ] = 2.0,
+    h: Annotated[float, typer.Option("--h", help="Depth of the h-minima seeds (probability units).")] = 0.1,
+    min_size: Annotated[
+        int, typer.Option(help="Drop segments smaller than this (pixels in 2d, voxels in 3d).")
+    ] = 20,
+    keep_boundaries: Annotated[
+        bool,
+        typer.Option(
+            "--keep-boundaries", help="2-D watershed: flood only the interior, so membranes stay 0."
+        ),
+    ] = False,
+    relabel: Annotated[
+        bool,
+        typer.Option(
+            "--relabel", help="2-D: consecutive ids (a second pass) instead of sparse ids z*Y*X + n."
+        ),
+    ] = False,
+    invert: Annotated[
+        bool | None,
+        typer.Option(
+            "--invert/--no-invert",
+            help="The input is a cell (interior) "
+            "probability / a membrane probability; default: from its "
+            "metadata, else membrane.",
+            show_default=False,
+        ),
+    ] = None,
+    chunks: Annotated[
+        str | None, typer.Option(help="Output chunks Z,Y,X; default: the input's blocks.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Dask worker threads; default: one per core.")] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Dask scheduler: threads, processes or synchronous; "
+            "default: threads, or the active distributed client."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run (same input and options).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Segment cells into instance labels from a membrane probability volume, block by block.
+
+    Resumable (--resume) and dask-parallel; writes an OME-Zarr label volume that napari shows as labels.
+
+    Example: volseg segment prob.zarr cells.zarr --min-size 50
+    """
+    import time
+
+    from volseg.segment import SegmentOptions, segment
+
+    opts = SegmentOptions(
+        mode=mode.value,
+        method=method.value,
+        seeds=seeds.value,
+        threshold=threshold,
+        sigma=sigma,
+        min_distance=min_distance,
+        distance_h=distance_h,
+        h=h,
+        min_size=min_size,
+        keep_boundaries=keep_boundaries,
+        relabel=relabel,
+        invert=invert,
+    )
+    start = time.perf_counter()
+    say = (lambda _m: None) if as_json else (lambda m: typer.echo(f"segment: {m}", err=True))
+    summary = segment(
+        prob,
+        out,
+        options=opts,
+        chunks=parse_ints(chunks, "--chunks"),
+        overwrite=overwrite,
+        resume=resume,
+        scheduler=scheduler,
+        workers=workers,
+        progress=say,
+    )
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    if as_json:
+        echo_json(summary)
+        return
+    count = (
+        f"{summary['labels']} labels"
+        if summary["ids"] == "consecutive"
+        else f"sparse ids up to {summary['labels']}"
+    )
+    typer.echo(
+        f"{summary['path']}: {count}, {summary['dtype']}, {summary['mode']} mode, {summary['blocks']} blocks "
+        f"({summary['resumed_blocks']} already done), {summary['seconds']} s"
+    )
+
+
+# --------------------------------------------------------------------- evaluate
+class InstanceMode(str, enum.Enum):
+    auto = "auto"
+    two_d = "2d"
+    three_d = "3d"
+
+
+class ForegroundKind(str, enum.Enum):
+    boundary = "boundary"
+    object = "object"
+
+
+@app.command("evaluate")
+@friendly
+def evaluate_cmd(
+    pred: Annotated[
+        Path,
+        typer.Argument(help="Probability, mask or label (instance) volume to score.", show_default=False),
+    ],
+    truth: Annotated[
+        Path,
+        typer.Argument(
+            help="Ground-truth volume of the same shape: binary labels or instances.", show_default=False
+        ),
+    ],
+    sections: Annotated[
+        str | None, typer.Option(help="Sections to score: A:B (B excluded), 0,5,10 or 0:30:5; default: all.")
+    ] = None,
+    foreground: Annotated[
+        str | None,
+        typer.Option(
+            help="Truth label values of the positive class, as in "
+            "training (ISBI: 0); default: from PRED's metadata, "
+            "else 0."
+        ),
+    ] = None,
+    foreground_kind: Annotated[
+        ForegroundKind | None,
+        typer.Option(
+            help="The positive class is the boundary between cells or the objects; default: from PRED's "
+            "metadata, else boundary.",
+            show_default=False,
+        ),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option(help="Probability above which a pixel is positive (pixel metrics).")
+    ] = 0.5,
+    isbi: Annotated[
+        bool,
+        typer.Option(
+            "--isbi/--no-isbi",
+            help="Compute the ISBI V_rand / V_info of probabilities (11 thresholds per section).",
+        ),
+    ] = True,
+    instance_mode: Annotated[
+        InstanceMode,
+        typer.Option(
+            help="Labels: score each section on its own (2d) or "
+            "3-D objects (3d); auto: as PRED was "
+            "segmented."
+        ),
+    ] = InstanceMode.auto,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")
+    ] = None,
+) -> None:
+    """Score a prediction against ground truth: pixel error, Dice, IoU, V_rand, V_info, adapted Rand, VOI.
+
+    Per section and overall, one section at a time; probabilities and masks get pixel and ISBI 2012 scores,
+    label volumes get instance scores.
+
+    Example: volseg evaluate prob.zarr labels.zarr --foreground 0 --sections 25:30 --json report.json
+    """
+    from volseg.evaluate import EvaluateOptions, evaluate, parse_foreground, print_report
+
+    opts = EvaluateOptions(
+        foreground=parse_foreground(foreground),
+        foreground_kind=foreground_kind.value if foreground_kind else None,
+        threshold=threshold,
+        isbi=isbi,
+        instance_mode=instance_mode.value,
+    )
+    report = evaluate(pred, truth, options=opts, sections=sections, json_path=json_path)
+    print_report(report)
+    if json_path is not None:
+        typer.echo(f"report: {json_path}")
+
+
+# ---------------------------------------------------------------------- preview
+class PreviewStyle(str, enum.Enum):
+    both = "both"
+    fill = "fill"
+    outline = "outline"
+
+
+@app.command("preview")
+@friendly
+def preview_cmd(
+    volume: Annotated[
+        Path | None,
+        typer.Argument(help="The volume to show (image, probability, mask or labels).", show_default=False),
+    ] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="The PNG to write.")] = Path("preview.png"),
+    overlay: Annotated[
+        Path | None,
+        typer.Option(help="A probability, mask or label volume drawn in a second row (over the raw data)."),
+    ] = None,
+    sections: Annotated[
+        str | None, typer.Option(help="Sections to draw: 0,5,10 or 0:30:5; default: 4 evenly spaced.")
+    ] = None,
+    level: Annotated[
+        str,
+        typer.Option(help="Pyramid level to read: auto (the smallest that still fills a panel) or a number."),
+    ] = "auto",
+    panel: Annotated[int, typer.Option(help="Longer side of each panel in pixels.")] = 320,
+    columns: Annotated[int, typer.Option(help="Sections per row before the montage wraps.")] = 6,
+    style: Annotated[
+        PreviewStyle, typer.Option(help="How cells are drawn over the raw data.")
+    ] = PreviewStyle.both,
+    alpha: Annotated[float, typer.Option(help="Opacity of filled masks and cells.")] = 0.45,
+    curves: Annotated[
+        Path | None, typer.Option(help="Draw the training curves of this train log (JSON lines) instead.")
+    ] = None,
+) -> None:
+    """Write a PNG montage of a few sections, with probabilities, masks or cells over the raw data.
+
+    Reads only the drawn sections, from a downsampled pyramid level where there is one.
+
+    Example: volseg preview image.zarr --overlay cells.zarr --sections 0:30:10 -o preview.png
+    """
+    from volseg.preview import PreviewOptions, parse_sections, preview
+    from volseg.volume import open_volume
+
+    if level != "auto" and not level.isdigit():
+        raise OptionError(f"--level {level!r}: use auto or a level number such as 2")
+    chosen = None
+    if sections is not None and volume is not None:
+        chosen = parse_sections(sections, open_volume(volume).shape[0])
+    opts = PreviewOptions(
+        sections=chosen,
+        level=None if level == "auto" else int(level),
+        panel=panel,
+        columns=columns,
+        style=style.value,
+        alpha=alpha,
+    )
+    result = preview(volume, out, overlay=overlay, options=opts, curves=curves)
+    if "width" in result:
+        typer.echo(
+            f"{result['path']}: {result['width']} x {result['height']} px, sections "
+            f"{', '.join(map(str, result.get('sections', [])))}, level {result.get('level')}"
+        )
+    else:
+        typer.echo(result["path"])
+
+
+# ---------------------------------------------------------------------- predict
+class OutDtype(str, enum.Enum):
+    uint8 = "uint8"
+    float16 = "float16"
+    float32 = "float32"
+
+
+def _bytes_option(text: str | None, option: str) -> int | None:
+    if text is None:
+        return None
+    from dask.utils import parse_bytes
+
+    try:
+        return int(parse_bytes(text))
+    except (ValueError, TypeError):
+        raise OptionError(f"{option} {text!r}: write a size such as 4GiB, 512MiB or 2e9") from None
+
+
+@app.command("predict")
+@friendly
+def predict_cmd(
+    model: Annotated[
+        Path, typer.Argument(help="Model file written by 'volseg train' (model.pt).", show_default=False)
+    ],
+    image: Annotated[
+        Path, typer.Argument(help="Image volume (Z, Y, X), e.g. image.zarr.", show_default=False)
+    ],
+    out: Annotated[
+        Path, typer.Argument(help="Probability volume to write, e.g. prob.zarr.", show_default=False)
+    ],
+    tile: Annotated[
+        int | None,
+        typer.Option(
+            help="Inner tile edge (px), a multiple of 2**depth; default: the block edge up to 1024."
+        ),
+    ] = None,
+    halo: Annotated[
+        int | None, typer.Option(help="Context (px) on each side of a tile; default: the model's.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Tiles per forward pass. [default: 4]")] = None,
+    precision: Annotated[
+        Precision, typer.Option(help="auto = bf16 where the hardware has it.")
+    ] = Precision.auto,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (one worker per GPU).")] = "auto",
+    dtype: Annotated[
+        OutDtype, typer.Option(help="Output values; uint8 = probability x 255.")
+    ] = OutDtype.uint8,
+    threshold: Annotated[
+        float | None, typer.Option(help="Also write OUT-mask.zarr beside OUT: probability >= T as 0/1.")
+    ] = None,
+    roi: Annotated[
+        str | None, typer.Option(help="Sub-volume z0:z1,y0:y1,x0:x1 (empty bounds: the edge).")
+    ] = None,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average the 8 dihedral transforms (8x the time).")
+    ] = False,
+    chunks: Annotated[str | None, typer.Option(help="Output chunks Z,Y,X; default: the input's.")] = None,
+    block: Annotated[
+        str | None,
+        typer.Option(help="Work block Z,Y,X (whole output chunks); default: chunks grouped to 1024 px."),
+    ] = None,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(help="Memory for all blocks in flight, e.g. 8GiB; chooses block and batch size."),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="threads, processes, synchronous or tcp://HOST:PORT (a running dask scheduler). "
+            "[default: threads]"
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Alone: start a local dask cluster of N worker processes; with threads or "
+            "processes: the pool size."
+        ),
+    ] = None,
+    retries: Annotated[int, typer.Option(help="Retries of a failed block before it is reported.")] = 2,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (blocks, halo, overhead, memory) and stop.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an output written by another run or other settings.")
+    ] = False,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show blocks, Mvox/s and ETA while running.")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary (or the plan) as JSON.")] = False,
+) -> None:
+    """Predict a probability volume block by block with a halo, seam-free, in parallel with dask.
+
+    Rerunning the same command resumes an interrupted run (done blocks are skipped); failed
+    blocks are retried, then reported (exit 1). See docs/predict.md.
+
+    Example: volseg predict model.pt image.zarr prob.zarr --threshold 0.5
+    """
+    from volseg.predict import PredictOptions, predict
+
+    options = PredictOptions(
+        tile=tile,
+        halo=halo,
+        batch_size=batch_size,
+        precision=precision.value,
+        device=device,
+        dtype=dtype.value,
+        threshold=threshold,
+        roi=roi,
+        tta=tta,
+        chunks=parse_ints(chunks, "--chunks"),
+        block=parse_ints(block, "--block"),
+        memory_limit=_bytes_option(memory_limit, "--memory-limit"),
+        scheduler=scheduler,
+        workers=workers,
+        retries=retries,
+        overwrite=overwrite,
+        progress=progress and not as_json and not dry_run,
+    )
+    result = predict(model, image, out, options, dry_run=dry_run)
+    if dry_run:
+        if as_json:
+            echo_json(result.to_dict())
+        else:
+            typer.echo("\n".join(result.describe()))
+        return
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        typer.echo(f"predict: {result.summary()}")
+
+
+# ---------------------------------------------------------------------- convert
+@app.command("convert")
+@friendly
+def convert_cmd(
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="A multi-page TIFF (ImageJ, OME, BigTIFF), one 2-D TIFF or PNG, a folder of per-section "
+            "TIFF/PNG files, or a quoted glob pattern such as 'sections/*.png'.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="The volume folder to write (image.zarr).", show_default=False)],
+    chunks: Annotated[
+        str | None, typer.Option(help="Chunk shape Z,Y,X; default 1,1024,1024 clipped to the stack.")
+    ] = None,
+    codec: Annotated[
+        str, typer.Option(help="blosc-zstd, blosc-lz4, zstd, gzip or none, optionally :LEVEL (e.g. zstd:5).")
+    ] = "blosc-zstd",
+    voxel_size: Annotated[
+        str | None,
+        typer.Option(
+            "--voxel-size",
+            help="Voxel size Z,Y,X in --unit (nanometer unless --unit says otherwise); default: from the "
+            "TIFF metadata, else 1,1,1 with no unit.",
+        ),
+    ] = None,
+    unit: Annotated[
+        str | None, typer.Option(help="Unit of the voxel size: nanometer, micrometer, ... (nm, um accepted).")
+    ] = None,
+    channel: Annotated[
+        int | None, typer.Option(help="Channel to convert from an RGB or multi-channel source (0, 1, ...).")
+    ] = None,
+    order: Annotated[
+        str | None,
+        typer.Option(
+            help="Section order for folders and globs: natural (default, 2 before 10), name, or a text file "
+            "listing the section file names in order."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted conversion (same sources and options).")
+    ] = False,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show a progress bar with sections/s and ETA.")
+    ] = True,
+) -> None:
+    """Convert a TIFF/PNG stack (file, folder or glob) into an OME-Zarr volume, section by section.
+
+    Memory stays at one band of chunks; an interrupted run continues with --resume.
+
+    Example: volseg convert train-volume.tif image.zarr --voxel-size 50,4,4
+    """
+    from volseg.convert import convert
+
+    vol = convert(
+        src,
+        out,
+        chunks=parse_ints(chunks, "--chunks"),
+        codec=codec,
+        voxel_size=parse_floats(voxel_size, "--voxel-size"),
+        unit=unit,
+        overwrite=overwrite,
+        resume=resume,
+        channel=channel,
+        order=order,
+        progress=progress,
+    )
+    zyx = lambda v: " x ".join(str(x) for x in v)  # noqa: E731
+    unit_text = f" {vol.unit}" if vol.unit else " (no unit)"
+    typer.echo(
+        f"{vol.path}: {zyx(vol.shape)} {vol.dtype}, chunks {zyx(vol.chunks)}, "
+        f"voxel {zyx(vol.voxel_size)}{unit_text}, {vol.meta.get('status')}"
+    )
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""

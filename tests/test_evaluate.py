@@ -1,0 +1,279 @@
+"""evaluate: hand-made cases, scikit-image agreement on streamed volumes, sections, JSON, bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from skimage.metrics import adapted_rand_error, variation_of_information
+from typer.testing import CliRunner
+
+from volseg.cli import app
+from volseg.errors import InputError, OptionError
+from volseg.evaluate import EvaluateOptions, evaluate, parse_foreground
+from volseg.volume import create_volume
+
+runner = CliRunner()
+
+
+def _write(path, data, chunks=None, kind="image", **extra):
+    data = np.asarray(data)
+    vol = create_volume(path, data.shape, data.dtype, chunks or data.shape, kind=kind, extra=extra or None)
+    for b in vol.block_ids():
+        vol.write_block(b, data[vol.block_region(b)])
+    vol.mark_complete()
+    return path
+
+
+def _labels(tmp_path, name, data, chunks=None):
+    return _write(tmp_path / name, np.asarray(data, np.uint32), chunks, kind="label")
+
+
+# ------------------------------------------------------- instance cases, by hand
+# One 2 x 2 section. Pairs of distinct pixels: 6. With sizes s, sum(s^2) - n counts ordered pairs.
+TWO_CELLS = [[[1, 1], [2, 2]]]
+
+
+def _instance(tmp_path, pred, truth=TWO_CELLS):
+    _labels(tmp_path, "t.zarr", truth)
+    _labels(tmp_path, "p.zarr", pred)
+    return evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")["overall"]
+
+
+def test_perfect_instances(tmp_path):
+    o = _instance(tmp_path, [[[7, 7], [3, 3]]])  # the same cells under other ids
+    assert o["adapted_rand_error"] == 0 and o["voi_split"] == 0 and o["voi_merge"] == 0
+    assert o["v_rand"] == 1 and o["v_info"] == 1
+
+
+def test_single_merge(tmp_path):
+    # truth {1,1},{2,2}; pred one segment. Together in both: 2*2 ordered pairs, in truth 4, in pred 12:
+    # precision 4/12, recall 4/4, F = 2 (1/3) / (4/3) = 1/2 -> error 1/2. H(true | pred) = 1 bit.
+    # V_rand = 2 (2^2 + 2^2) / ((2^2 + 2^2) + 4^2) = 16/24; V_info = 2 I / (H_T + H_P) = 0 / (1 + 0).
+    o = _instance(tmp_path, [[[5, 5], [5, 5]]])
+    assert o["adapted_rand_error"] == pytest.approx(0.5)
+    assert o["adapted_rand_precision"] == pytest.approx(1 / 3) and o["adapted_rand_recall"] == pytest.approx(
+        1
+    )
+    assert o["voi_split"] == pytest.approx(0, abs=1e-12) and o["voi_merge"] == pytest.approx(1)
+    assert o["v_rand"] == pytest.approx(2 / 3) and o["v_info"] == pytest.approx(0, abs=1e-12)
+
+
+def test_single_split(tmp_path):
+    # truth one cell; pred two halves: the mirror image of the merge.
+    o = _instance(tmp_path, [[[5, 5], [6, 6]]], truth=[[[1, 1], [1, 1]]])
+    assert o["adapted_rand_error"] == pytest.approx(0.5)
+    assert o["adapted_rand_precision"] == pytest.approx(1) and o["adapted_rand_recall"] == pytest.approx(
+        1 / 3
+    )
+    assert o["voi_split"] == pytest.approx(1) and o["voi_merge"] == pytest.approx(0, abs=1e-12)
+    assert o["v_rand"] == pytest.approx(2 / 3) and o["v_info"] == pytest.approx(0, abs=1e-12)
+
+
+def test_all_background_instances(tmp_path):
+    # Adapted Rand and VOI count predicted 0 as one segment (= the merge case). V_rand / V_info follow the
+    # Fiji script: each background pixel is its own cluster, so H_P = log2 4 = 2 bits, I = H_T = 1 bit:
+    # V_rand = 2 * 4 / (8 + 4) = 2/3, V_info = 2 * 1 / (1 + 2) = 2/3.
+    o = _instance(tmp_path, [[[0, 0], [0, 0]]])
+    assert o["adapted_rand_error"] == pytest.approx(0.5) and o["voi_merge"] == pytest.approx(1)
+    assert o["v_rand"] == pytest.approx(2 / 3) and o["v_info"] == pytest.approx(2 / 3)
+
+
+# --------------------------------------------------------- binary cases, by hand
+# One 4 x 5 section; the truth (ISBI convention: 0 membrane, 255 cell) has a membrane in column 2.
+MEMBRANE = np.full((1, 4, 5), 255, np.uint8)
+MEMBRANE[:, :, 2] = 0
+
+
+def _binary(tmp_path, prob_membrane, truth=MEMBRANE, **kw):
+    _write(tmp_path / "t.zarr", truth, kind="mask")
+    _write(tmp_path / "p.zarr", (np.asarray(prob_membrane) * 255).astype(np.uint8), kind="probability")
+    return evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=EvaluateOptions(foreground=(0,), **kw))
+
+
+def test_perfect_probabilities(tmp_path):
+    o = _binary(tmp_path, MEMBRANE == 0)["overall"]
+    assert (o["pixel_error"], o["dice"], o["iou"], o["v_rand"], o["v_info"]) == (0, 1, 1, 1, 1)
+
+
+def test_all_background_probabilities(tmp_path):
+    # No membrane predicted: 4 of 20 pixels wrong, no true positive (Dice = IoU = 0); the two 8-pixel
+    # cells merge: V_rand = 2 (64 + 64) / (128 + 256) = 2/3, V_info = 0 (the prediction is one cluster).
+    o = _binary(tmp_path, np.zeros(MEMBRANE.shape))["overall"]
+    assert o["pixel_error"] == pytest.approx(0.2) and o["dice"] == 0 and o["iou"] == 0
+    assert o["v_rand"] == pytest.approx(2 / 3) and o["v_info"] == pytest.approx(0, abs=1e-12)
+
+
+def test_binary_split(tmp_path):
+    # Truth: one 20-pixel cell; the prediction draws a membrane through it: 4 false positives, two
+    # 8-pixel cells and 4 boundary singletons: V_rand = 2 (64 + 64 + 4) / (400 + 132) = 264/532.
+    truth = np.full((1, 4, 5), 255, np.uint8)
+    o = _binary(tmp_path, MEMBRANE == 0, truth=truth)["overall"]
+    assert o["pixel_error"] == pytest.approx(0.2) and o["dice"] == 0
+    assert o["v_rand"] == pytest.approx(264 / 532)
+
+
+def test_object_convention_flips_the_classes(tmp_path):
+    # A model of cells (foreground 255, kind object) scored on the same truth gives the same ISBI scores.
+    cell_prob = (MEMBRANE != 0).astype(float)
+    r = _binary(tmp_path, cell_prob, foreground_kind="object")
+    assert r["foreground_kind"] == "object"
+    o = evaluate(
+        tmp_path / "p.zarr",
+        tmp_path / "t.zarr",
+        options=EvaluateOptions(foreground=(255,), foreground_kind="object"),
+    )["overall"]
+    assert (o["pixel_error"], o["dice"], o["v_rand"], o["v_info"]) == (0, 1, 1, 1)
+
+
+# ---------------------------------------------------- scikit-image on streamed volumes
+def _random_cells(shape, n, seed):
+    rng = np.random.default_rng(seed)
+    from scipy import ndimage as ndi
+
+    seeds = np.zeros(shape, np.uint32)
+    idx = tuple(rng.integers(0, s, n) for s in shape)
+    seeds[idx] = np.arange(1, n + 1)
+    _, ind = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    return seeds[tuple(ind)]
+
+
+def test_3d_instances_agree_with_scikit_image(tmp_path):
+    truth = _random_cells((6, 40, 40), 30, seed=1)
+    truth[:, :, :3] = 0  # some background, ignored in the truth
+    pred = _random_cells((6, 40, 40), 25, seed=2)
+    _labels(tmp_path, "t.zarr", truth, chunks=(2, 16, 16))
+    _labels(tmp_path, "p.zarr", pred, chunks=(3, 16, 16))
+    o = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=EvaluateOptions(instance_mode="3d"))[
+        "overall"
+    ]
+    error, precision, recall = adapted_rand_error(truth, pred)
+    assert o["adapted_rand_error"] == pytest.approx(error, rel=1e-9)
+    # scikit-image names precision and recall the other way round (volseg.metrics.AdaptedRand)
+    assert o["adapted_rand_precision"] == pytest.approx(recall) and o["adapted_rand_recall"] == pytest.approx(
+        precision
+    )
+    split, merge = variation_of_information(truth, pred, ignore_labels=(0,))
+    assert o["voi_split"] == pytest.approx(split, rel=1e-9) and o["voi_merge"] == pytest.approx(
+        merge, rel=1e-9
+    )
+
+
+def test_2d_instances_score_each_section_on_its_own(tmp_path):
+    truth = _random_cells((3, 30, 30), 12, seed=3)
+    pred = truth.copy()
+    pred[1] = np.roll(truth[1], 3, axis=1)
+    _labels(tmp_path, "t.zarr", truth, chunks=(1, 16, 16))
+    _labels(tmp_path, "p.zarr", pred, chunks=(2, 16, 16))
+    r = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=EvaluateOptions(instance_mode="2d"))
+    offset = (np.arange(3, dtype=np.uint64) * 10_000)[:, None, None]
+    error, _, _ = adapted_rand_error(truth + offset, pred + offset)
+    assert r["overall"]["adapted_rand_error"] == pytest.approx(error, rel=1e-9)
+    assert [row["section"] for row in r["sections"]] == [0, 1, 2]
+    assert r["sections"][0]["adapted_rand_error"] == 0 and r["sections"][1]["adapted_rand_error"] > 0
+
+
+def test_segmentation_against_binary_truth_uses_cells(tmp_path):
+    # A binary truth becomes cells (4-connected components of non-membrane pixels) per section.
+    truth = np.tile(MEMBRANE, (3, 1, 1))
+    _write(tmp_path / "t.zarr", truth, kind="mask")
+    cells = np.where(np.arange(5) < 2, 1, 2).astype(np.uint32)[None, None, :].repeat(4, 1).repeat(3, 0)
+    _labels(tmp_path, "p.zarr", cells)
+    r = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=EvaluateOptions(foreground=(0,)))
+    assert r["kind"] == "instance" and r["overall"]["adapted_rand_error"] == 0
+    assert r["overall"]["v_rand"] == 1 and r["instance_mode"] == "2d"
+
+
+# ------------------------------------------------------------- sections and JSON
+def test_sections_and_json(tmp_path):
+    truth = np.tile(MEMBRANE, (4, 1, 1))
+    prob = np.tile((MEMBRANE == 0).astype(float), (4, 1, 1))
+    prob[3] = 0  # the last section is all background
+    _write(tmp_path / "t.zarr", truth, chunks=(1, 4, 5), kind="mask")
+    _write(tmp_path / "p.zarr", (prob * 255).astype(np.uint8), chunks=(2, 2, 5), kind="probability")
+    good = evaluate(
+        tmp_path / "p.zarr", tmp_path / "t.zarr", sections="0:3", json_path=tmp_path / "r" / "r.json"
+    )
+    assert good["sections_scored"] == [0, 1, 2] and good["overall"]["dice"] == 1
+    stored = json.loads((tmp_path / "r" / "r.json").read_text())
+    assert stored["overall"] == good["overall"] and len(stored["sections"]) == 3
+    everything = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")
+    assert everything["overall"]["dice"] < 1 and everything["sections"][3]["dice"] == 0
+
+
+def test_cli_table_and_json(tmp_path):
+    _write(tmp_path / "t.zarr", np.tile(MEMBRANE, (2, 1, 1)), kind="mask")
+    _write(
+        tmp_path / "p.zarr", np.tile((MEMBRANE == 0) * 255, (2, 1, 1)).astype(np.uint8), kind="probability"
+    )
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "p.zarr"),
+            str(tmp_path / "t.zarr"),
+            "--foreground",
+            "0",
+            "--sections",
+            "1:2",
+            "--json",
+            str(tmp_path / "report.json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "V_rand" in result.stdout and "Dice" in result.stdout and "1.0000" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["sections_scored"] == [1] and report["overall"]["v_rand"] == 1
+
+
+# --------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("shape", "differs"),
+        ("missing", "missing.zarr"),
+        ("sections", "--sections"),
+        ("foreground", "--foreground"),
+    ],
+)
+def test_bad_inputs_are_one_line_exit_2(tmp_path, case, needle):
+    _write(tmp_path / "t.zarr", np.tile(MEMBRANE, (3, 1, 1)), kind="mask")
+    _write(tmp_path / "p.zarr", np.zeros((3, 4, 5), np.uint8), kind="probability")
+    _write(tmp_path / "small.zarr", np.zeros((2, 4, 5), np.uint8), kind="probability")
+    pred, truth, extra = tmp_path / "p.zarr", tmp_path / "t.zarr", []
+    if case == "shape":
+        pred = tmp_path / "small.zarr"
+    elif case == "missing":
+        truth = tmp_path / "missing.zarr"
+    elif case == "sections":
+        extra = ["--sections", "2:9"]
+    else:
+        extra = ["--foreground", "membrane"]
+    result = runner.invoke(app, ["evaluate", str(pred), str(truth), *extra])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.output
+
+
+def test_api_errors():
+    with pytest.raises(OptionError):
+        parse_foreground("0,x")
+    with pytest.raises(OptionError, match="--instance-mode"):
+        EvaluateOptions(instance_mode="4d")
+
+
+def test_float_truth_is_refused(tmp_path):
+    _write(tmp_path / "t.zarr", np.zeros((1, 4, 4), np.float32))
+    _write(tmp_path / "p.zarr", np.zeros((1, 4, 4), np.uint8), kind="probability")
+    with pytest.raises(InputError, match="integer labels"):
+        evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")
+
+
+def test_unwritten_sections_of_an_unfinished_run_are_refused(tmp_path):
+    _write(tmp_path / "t.zarr", np.tile(MEMBRANE, (2, 1, 1)), kind="mask")
+    vol = create_volume(tmp_path / "p.zarr", (2, 4, 5), "uint8", (1, 4, 5), kind="probability")
+    vol.write_block((0, 0, 0), (MEMBRANE == 0).astype(np.uint8) * 255)  # section 1 never written
+    assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", sections="0")["overall"]["dice"] == 1
+    with pytest.raises(InputError, match="section 1"):
+        evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")

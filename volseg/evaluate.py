@@ -1,0 +1,481 @@
+"""Score a prediction volume against a ground truth, section by section.
+
+Two kinds of evaluation, chosen by the prediction's kind:
+
+binary (a probability or mask volume)
+    Pixel error, Dice, IoU, precision and recall of the positive class at probability
+    0.5 (:class:`volseg.metrics.ConfusionCounts`), and the ISBI 2012 scores V_rand and
+    V_info (:func:`volseg.metrics.isbi_scores`: foreground-restricted, after border
+    thinning, best over thresholds 0.0..1.0 in steps of 0.1), per section and overall.
+instance (a label volume, e.g. from ``volseg segment``)
+    Adapted Rand error (with its precision and recall), variation of information (split,
+    merge) and the foreground-restricted V_rand and V_info, accumulated in one streaming
+    :class:`volseg.metrics.Contingency` over the sections. The truth is either instance
+    labels (a label volume) or a binary truth whose cells are the 4-connected components
+    of the non-membrane pixels of each section.
+
+The truth's positive class is the set of ``foreground`` label values, as in training
+(ISBI 2012: ``--foreground 0``, the membranes); ``foreground_kind`` says whether that
+class is the boundary between cells (``boundary``) or the objects (``object``). Both
+default to what the prediction's metadata records, else ``(0,)`` and ``boundary``.
+
+Memory is bounded by a few sections: both volumes are read one section at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from volseg.errors import InputError, OptionError
+from volseg.preview import parse_sections
+from volseg.volume import Volume, open_volume
+
+__all__ = ["EvaluateOptions", "evaluate", "parse_foreground", "print_report"]
+
+FOREGROUND_KINDS = ("boundary", "object")
+INSTANCE_MODES = ("auto", "2d", "3d")
+_FOUR = ndi.generate_binary_structure(2, 1)
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What to score and how.
+
+    Attributes
+    ----------
+    sections
+        Section indices to score; ``None``: all.
+    foreground
+        Truth label values of the positive class; ``None``: from the prediction's
+        metadata, else ``(0,)``.
+    foreground_kind
+        ``"boundary"`` (the positive class is the membrane) or ``"object"``; ``None``:
+        from the prediction's metadata, else ``"boundary"``.
+    threshold
+        Probability above which a pixel is positive for the pixel metrics.
+    isbi
+        Compute the ISBI V_rand / V_info of a probability map (11 thresholds per section:
+        the slow part of a binary evaluation).
+    instance_mode
+        Instance evaluation: ``"2d"`` scores each section's segments on their own (ids are
+        made section-specific, as in ISBI 2012), ``"3d"`` takes ids as 3-D objects;
+        ``"auto"``: 3-D when the prediction was segmented in 3-D, else 2-D.
+    """
+
+    sections: tuple[int, ...] | None = None
+    foreground: tuple[int, ...] | None = None
+    foreground_kind: str | None = None
+    threshold: float = 0.5
+    isbi: bool = True
+    instance_mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.foreground_kind is not None and self.foreground_kind not in FOREGROUND_KINDS:
+            raise OptionError(
+                f"--foreground-kind {self.foreground_kind!r}: use one of {', '.join(FOREGROUND_KINDS)}"
+            )
+        if self.instance_mode not in INSTANCE_MODES:
+            raise OptionError(
+                f"--instance-mode {self.instance_mode!r}: use one of {', '.join(INSTANCE_MODES)}"
+            )
+        if not 0.0 <= self.threshold < 1.0:
+            raise OptionError(f"--threshold {self.threshold}: must lie in [0, 1), e.g. 0.5")
+        if self.foreground is not None and not self.foreground:
+            raise OptionError("--foreground: give at least one label value, e.g. 0 or 1,2")
+
+
+def parse_foreground(text: str | None) -> tuple[int, ...] | None:
+    """``"0"`` or ``"1,2"`` -> label values; ``None`` stays ``None``."""
+    if text is None or not text.strip():
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise OptionError(
+            f"--foreground {text!r}: expected label values separated by commas, e.g. 0 or 1,2"
+        ) from None
+    if not values or min(values) < 0:
+        raise OptionError(f"--foreground {text!r}: expected non-negative label values, e.g. 0 or 1,2")
+    return values
+
+
+# ---------------------------------------------------------------------- reading
+class _Sections:
+    """A lazy ``(Z, Y, X)`` view: indexing a section reads it and converts it."""
+
+    def __init__(self, vol: Volume, sections: Sequence[int], fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.vol, self.sections, self.fn = vol, list(sections), fn
+        self.shape = (len(self.sections), *vol.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.sections)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.fn(np.asarray(self.vol.array[self.sections[i]]))
+
+
+def _probability(vol: Volume) -> Callable[[np.ndarray], np.ndarray]:
+    """Raw section -> probability of the positive class (float32 0..1), or a bool mask."""
+    from volseg.segment import value_scale
+
+    dtype = vol.dtype
+    if dtype == np.bool_ or vol.kind == "mask":
+        return lambda a: a != 0
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise InputError(
+            f"{vol.path}: dtype {dtype} is neither a probability nor a mask; expected uint8, float or bool"
+        )
+    scale, offset = (np.float32(v) for v in value_scale(vol))
+    return lambda a: np.clip(a.astype(np.float32) * scale + offset, 0.0, 1.0)
+
+
+def _settings(pred: Volume, opts: EvaluateOptions) -> tuple[tuple[int, ...], str]:
+    from volseg.segment import recorded_convention
+
+    recorded = recorded_convention(pred)
+    foreground = opts.foreground or tuple(recorded["foreground"] or (0,))
+    kind = opts.foreground_kind or recorded["foreground_kind"] or "boundary"
+    return foreground, kind
+
+
+def _open_pair(pred: str | os.PathLike, truth: str | os.PathLike) -> tuple[Volume, Volume]:
+    p, t = open_volume(pred), open_volume(truth)
+    if p.shape != t.shape:
+        raise InputError(
+            f"{p.path}: shape {p.shape} differs from the truth {t.path} shape {t.shape}; "
+            "evaluate a prediction of the same image as the truth"
+        )
+    if np.issubdtype(t.dtype, np.floating):
+        raise InputError(
+            f"{t.path}: the truth has dtype {t.dtype}; give integer labels (a binary or instance truth)"
+        )
+    return p, t
+
+
+# ----------------------------------------------------------------------- binary
+def _pixel_section(pred: _Sections, truth_pos: _Sections, i: int, threshold: float):
+    from volseg.metrics import ConfusionCounts
+
+    return ConfusionCounts.from_arrays(pred[i], truth_pos[i], threshold)
+
+
+def _binary(
+    pred: Volume,
+    truth: Volume,
+    sections: Sequence[int],
+    opts: EvaluateOptions,
+    foreground: tuple[int, ...],
+    kind: str,
+) -> tuple[dict, list[dict], dict]:
+    import dask
+
+    from volseg.metrics import ConfusionCounts, isbi_scores
+
+    prob = _Sections(pred, sections, _probability(pred))
+    positive = _Sections(truth, sections, lambda a: np.isin(a, foreground))
+    counts = dask.compute(
+        *[dask.delayed(_pixel_section)(prob, positive, i, opts.threshold) for i in range(len(sections))]
+    )
+    total = sum(counts, ConfusionCounts())
+    overall = total.scores()
+    rows = [{"section": z, **c.scores()} for z, c in zip(sections, counts, strict=True)]
+    extra: dict[str, Any] = {}
+    if opts.isbi:
+        if kind == "boundary":
+            membrane_prob, membrane = prob, positive
+        else:  # the model scored objects: a membrane is where it says "not object"
+            membrane_prob = _Sections(pred, sections, lambda a, f=_probability(pred): _not(f(a)))
+            membrane = _Sections(truth, sections, lambda a: ~np.isin(a, foreground))
+        isbi = isbi_scores(membrane_prob, membrane)
+        overall.update(
+            v_rand=isbi["v_rand"],
+            v_info=isbi["v_info"],
+            v_rand_threshold=isbi["v_rand_threshold"],
+            v_info_threshold=isbi["v_info_threshold"],
+        )
+        k_rand = isbi["thresholds"].index(isbi["v_rand_threshold"])
+        k_info = isbi["thresholds"].index(isbi["v_info_threshold"])
+        for row, r, i in zip(rows, isbi["sections"]["v_rand"], isbi["sections"]["v_info"], strict=True):
+            row.update(v_rand=r[k_rand], v_info=i[k_info])
+        extra["isbi"] = {
+            k: isbi[k]
+            for k in (
+                "thresholds",
+                "v_rand_curve",
+                "v_info_curve",
+                "v_info_section_mean",
+                "thin",
+                "connectivity",
+            )
+        }
+    overall.update(tp=total.tp, fp=total.fp, fn=total.fn, tn=total.tn)
+    return overall, rows, extra
+
+
+def _not(p: np.ndarray) -> np.ndarray:
+    return ~p if p.dtype == np.bool_ else np.float32(1.0) - p
+
+
+# --------------------------------------------------------------------- instance
+def _cells_from_binary(section: np.ndarray, foreground: tuple[int, ...], kind: str) -> np.ndarray:
+    """Truth cells of one section: 4-connected components of the non-membrane pixels."""
+    positive = np.isin(section, foreground)
+    cells = ~positive if kind == "boundary" else positive
+    return ndi.label(cells, _FOUR)[0]
+
+
+def _section_ids(labels: np.ndarray, z: int, plane: int) -> np.ndarray:
+    """Make ids unique to section ``z``: compact them, then offset by ``z * plane`` (0 stays 0)."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    local = inverse.reshape(labels.shape).astype(np.uint64) + np.uint64(ids[0] != 0)
+    return np.where(labels != 0, local + np.uint64(z) * np.uint64(plane), np.uint64(0))
+
+
+def _instance_section(pred: Volume, truth: Volume, z: int, truth_cells: Callable | None, two_d: bool):
+    """One section's contingency table; 2-D ids (and cells of a binary truth) are made section-specific."""
+    from volseg.metrics import Contingency
+
+    p = np.asarray(pred.array[z])
+    t = np.asarray(truth.array[z])
+    plane = p.size + 1
+    if truth_cells is not None:
+        t = _section_ids(truth_cells(t), z, plane)
+    elif two_d:
+        t = _section_ids(t, z, plane)
+    if two_d:
+        p = _section_ids(p, z, plane)
+    return Contingency().add(t, p)
+
+
+def _instance_scores(table: Any) -> dict[str, float]:
+    rand = table.adapted_rand()
+    voi = table.voi()
+    return {
+        "adapted_rand_error": rand.error,
+        "adapted_rand_precision": rand.precision,
+        "adapted_rand_recall": rand.recall,
+        "voi_split": voi.split,
+        "voi_merge": voi.merge,
+        "voi": voi.split + voi.merge,
+        "v_rand": table.v_rand(),
+        "v_info": table.v_info(),
+    }
+
+
+def _instance(
+    pred: Volume,
+    truth: Volume,
+    sections: Sequence[int],
+    opts: EvaluateOptions,
+    foreground: tuple[int, ...],
+    kind: str,
+) -> tuple[dict, list[dict], dict]:
+    import dask
+
+    from volseg.metrics import Contingency
+
+    mode = opts.instance_mode
+    if mode == "auto":
+        mode = ((pred.meta.get("segment") or {}).get("options") or {}).get("mode", "2d")
+    truth_is_labels = truth.kind == "label"
+    cells = None if truth_is_labels else (lambda a: _cells_from_binary(a, foreground, kind))
+    tables = dask.compute(
+        *[dask.delayed(_instance_section)(pred, truth, z, cells, mode == "2d") for z in sections]
+    )
+    total = Contingency()
+    for table in tables:
+        total.merge(table)
+    rows = [{"section": z, **_instance_scores(t)} for z, t in zip(sections, tables, strict=True)]
+    extra = {
+        "instance_mode": mode,
+        "truth_cells": "instance labels"
+        if truth_is_labels
+        else "cells of a binary truth (4-connected components of non-membrane pixels)",
+        "counted_pixels": total.n,
+    }
+    return _instance_scores(total), rows, extra
+
+
+# ------------------------------------------------------------------------ the API
+def evaluate(
+    pred: str | os.PathLike,
+    truth: str | os.PathLike,
+    *,
+    options: EvaluateOptions | None = None,
+    sections: str | Sequence[int] | None = None,
+    json_path: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Score ``pred`` against ``truth``, per section and overall.
+
+    Parameters
+    ----------
+    pred
+        A probability (uint8 0..255 or float 0..1) or mask volume, or a label volume
+        (instances, from ``volseg segment``), shape ``(Z, Y, X)``.
+    truth
+        The ground truth, same shape: integer labels, binary (e.g. ISBI: 0 membrane,
+        255 cell) or instances (a label volume).
+    options
+        :class:`EvaluateOptions`.
+    sections
+        ``"25:30"``, ``"0,5,10"`` or indices; overrides ``options.sections``.
+    json_path
+        Also write the report there (NaN written as ``null``).
+
+    Returns
+    -------
+    dict
+        ``kind`` (``binary`` or ``instance``), ``overall`` (scores), ``sections``
+        (one row per section), the inputs and settings, ``seconds``.
+    """
+    start = time.perf_counter()
+    opts = options or EvaluateOptions()
+    p, t = _open_pair(pred, truth)
+    chosen = _choose_sections(sections, opts, p.shape[0])
+    _check_written(p, chosen)
+    _check_written(t, chosen)
+    foreground, fg_kind = _settings(p, opts)
+    kind = "instance" if p.kind == "label" else "binary"
+    run = _instance if kind == "instance" else _binary
+    overall, rows, extra = run(p, t, chosen, opts, foreground, fg_kind)
+    report = {
+        "kind": kind,
+        "pred": str(p.path),
+        "truth": str(t.path),
+        "sections_scored": list(chosen),
+        "foreground": list(foreground),
+        "foreground_kind": fg_kind,
+        **({"threshold": opts.threshold} if kind == "binary" else {}),
+        "overall": overall,
+        "sections": rows,
+        **extra,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    report = _json_ready(report)
+    if json_path is not None:
+        _write_json(Path(os.fspath(json_path)), report)
+    return report
+
+
+def _check_written(vol: Volume, sections: Sequence[int]) -> None:
+    """Refuse sections that an unfinished run has not written yet."""
+    if vol.meta.get("status") != "incomplete":
+        return
+    done = vol.done_blocks()
+    bz, (_, ny, nx) = vol.block_shape[0], vol.block_grid
+    missing = [z for z in sections if sum(1 for d in done if d[0] == z // bz) < ny * nx]
+    if missing:
+        raise InputError(
+            f"{vol.path}: is incomplete and section {missing[0]} ({len(missing)} of {len(sections)} chosen) "
+            "is not written yet; finish the run with --resume, or choose written sections with --sections"
+        )
+
+
+def _choose_sections(sections: str | Sequence[int] | None, opts: EvaluateOptions, n: int) -> tuple[int, ...]:
+    if isinstance(sections, str):
+        chosen = parse_sections(sections, n)
+    elif sections is not None:
+        chosen = parse_sections(",".join(str(int(z)) for z in sections), n)
+    elif opts.sections is not None:
+        chosen = parse_sections(",".join(str(int(z)) for z in opts.sections), n)
+    else:
+        chosen = tuple(range(n))
+    return tuple(sorted(chosen or ()))
+
+
+def _json_ready(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if math.isnan(obj) else float(obj)
+    return obj
+
+
+def _write_json(path: Path, report: dict[str, Any]) -> None:
+    import json
+
+    from volseg.errors import OutputError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(
+            f"{path}: cannot write the report ({exc.strerror or exc}); choose a writable location"
+        ) from exc
+
+
+# ---------------------------------------------------------------------- terminal
+_BINARY_COLUMNS = (
+    ("pixel_error", "pixel error"),
+    ("dice", "Dice"),
+    ("iou", "IoU"),
+    ("v_rand", "V_rand"),
+    ("v_info", "V_info"),
+)
+_INSTANCE_COLUMNS = (
+    ("adapted_rand_error", "adapted Rand error"),
+    ("voi_split", "VOI split"),
+    ("voi_merge", "VOI merge"),
+    ("v_rand", "V_rand"),
+    ("v_info", "V_info"),
+)
+MAX_ROWS = 40
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """Print a report as a table: one row per section (at most :data:`MAX_ROWS`), then the overall row."""
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = _BINARY_COLUMNS if report["kind"] == "binary" else _INSTANCE_COLUMNS
+    columns = tuple(c for c in columns if c[0] in report["overall"])
+    table = Table(title=f"{report['pred']} vs {report['truth']}", title_justify="left")
+    table.add_column("section", justify="right")
+    for _, name in columns:
+        table.add_column(name, justify="right")
+    rows = report["sections"]
+    for row in rows[:MAX_ROWS]:
+        table.add_row(str(row["section"]), *(_fmt(row.get(key)) for key, _ in columns))
+    if len(rows) > MAX_ROWS:
+        table.add_row(f"... {len(rows) - MAX_ROWS} more", *("" for _ in columns))
+    table.add_section()
+    table.add_row("[bold]all[/bold]", *(f"[bold]{_fmt(report['overall'].get(k))}[/bold]" for k, _ in columns))
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(_footer(report))
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _footer(report: dict[str, Any]) -> str:
+    o = report["overall"]
+    parts = [
+        f"{report['kind']} evaluation of {len(report['sections_scored'])} sections",
+        f"foreground {','.join(map(str, report['foreground']))} ({report['foreground_kind']})",
+    ]
+    if report["kind"] == "binary" and "v_rand_threshold" in o:
+        parts.append(
+            f"best thresholds: V_rand {o['v_rand_threshold']:.1f}, V_info {o['v_info_threshold']:.1f}"
+        )
+    if report["kind"] == "instance":
+        parts.append(f"{report['instance_mode']} ids; truth: {report['truth_cells']}")
+    parts.append(f"{report['seconds']} s")
+    return "; ".join(parts)
