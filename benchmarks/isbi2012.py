@@ -1,0 +1,195 @@
+"""ISBI 2012: train on sections 0-24 under a time budget, validate on 25-29, compare with the U-Net paper.
+
+    python benchmarks/isbi2012.py [--minutes 30] [--isbi DIR] [--out DIR] [--no-doc]
+
+Trains ``volseg train`` on the ISBI 2012 training stack (membranes = label 0, so
+``--foreground 0``) with the defaults (U-Net base 16, depth 4, ``default`` augmentation, BCE +
+Dice, AdamW with warm-up and a cosine schedule over the time budget, bf16 where the CPU has it),
+holding out sections 25-29. The best checkpoint (by V_rand) is reported with:
+
+* pixel error at threshold 0.5 and at the best threshold of 0.1 .. 0.9;
+* V_rand and V_info as in the ISBI 2012 evaluation (foreground-restricted, after border thinning,
+  best over the thresholds 0.0 .. 1.0), and the Rand error ``1 - V_rand``;
+
+next to the U-Net paper's ISBI 2012 figures (Ronneberger et al. 2015, table 1: pixel error 0.0611,
+Rand error 0.0382). Those were measured on the challenge's hidden test labels; ours on five held-out
+training sections, so they compare in kind, not exactly.
+
+Skips with a message when the data is absent (default ``../shared/data/isbi2012`` beside the
+checkout). Writes ``benchmarks/results/isbi2012.json``, the training curves to
+``docs/images/isbi2012_curves.png`` and the ``## isbi2012`` section of ``docs/benchmarks.md``; the
+model and its log stay in ``--out`` (default ``out/isbi2012``, not tracked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ISBI = ROOT.parent / "shared" / "data" / "isbi2012"
+RESULT = ROOT / "benchmarks" / "results" / "isbi2012.json"
+DOC = ROOT / "docs" / "benchmarks.md"
+CURVES = ROOT / "docs" / "images" / "isbi2012_curves.png"
+PAPER = {"pixel_error": 0.0611, "rand_error": 0.0382}  # U-Net, ISBI 2012 (Ronneberger et al. 2015, table 1)
+
+
+def machine() -> dict:
+    model = platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "torch": torch.__version__,
+    }
+
+
+def write_volumes(isbi: Path, out: Path) -> tuple[Path, Path]:
+    """The training stack and labels as volumes in ``out`` (rewritten each run)."""
+    import tifffile
+
+    from volseg.volume import create_volume
+
+    paths = []
+    for name, tif, kind in (("image", "train-volume.tif", "image"), ("labels", "train-labels.tif", "label")):
+        data = tifffile.imread(isbi / tif)
+        vol = create_volume(
+            out / f"{name}.zarr", data.shape, data.dtype, (1, 512, 512), kind=kind, overwrite=True,
+            voxel_size=(50.0, 4.0, 4.0),
+        )  # fmt: skip
+        vol.array[:] = data
+        paths.append(vol.path)
+    return paths[0], paths[1]
+
+
+def markdown(res: dict) -> str:
+    m, best, cfg = res["machine"], res["best"], res["config"]
+    load = m["load_average_at_start"][0]
+    busy = f" The machine was shared: load average {load} at the start." if load > 0.5 * m["cores"] else ""
+    lines = [
+        "## isbi2012",
+        "",
+        f"`python benchmarks/isbi2012.py --minutes {res['minutes']:g}` ({res['date']}): trained on ISBI 2012 "
+        f"sections 0-24 for {res['minutes']:g} minutes of wall clock (validation included), validated on "
+        "| | pixel error (0.5) | pixel error (best thr.) | V_rand | Rand error (1 - V_rand) | V_info |",
+        f"{cfg['patch_size']} x {cfg['patch_size']} patches, `{cfg['augment']}` augmentation, loss "
+        f"`{cfg['loss']}`, AdamW lr {cfg['lr']:g} with a cosine over the time budget, {res['precision']}. "
+        f"{res['steps']} steps ({res['steps_per_second']:.2f} steps/s, data waiting "
+        f"{100 * res['data_wait_fraction']:.1f} %); best checkpoint at step {res['best_step']}. "
+        f"Machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']}.{busy}",
+        "",
+        "| | pixel error (0.5) | pixel error (best thr.) | V_rand | Rand error (1 - V_rand) | V_info |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| volseg, sections 25-29 | {best['pixel_error']:.4f} | {best['pixel_error_best']:.4f} "
+        f"| {best['v_rand']:.4f} | {1 - best['v_rand']:.4f} | {best['v_info']:.4f} |",
+        f"| U-Net paper, ISBI test set | {PAPER['pixel_error']} | | | {PAPER['rand_error']} | |",
+        "",
+        "The paper's figures were computed by the challenge on its hidden test labels; ours on five "
+        "held-out training sections with `volseg.metrics.isbi_scores` (foreground-restricted, after "
+        "border thinning, best of the thresholds 0.0 .. 1.0), so they compare in kind, not exactly. "
+        "Raw figures and the whole validation history: `benchmarks/results/isbi2012.json`.",
+        "",
+        f"![ISBI 2012 training curves](images/{CURVES.name})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_doc_section(text: str, heading: str = "isbi2012") -> None:
+    """Replace only the ``## {heading}`` section of docs/benchmarks.md (others own the other sections)."""
+    old = (
+        DOC.read_text()
+        if DOC.exists()
+        else "# Benchmarks\n\nMeasured tables, with the machine they ran on.\n"
+    )
+    pattern = re.compile(rf"^## {heading}\n.*?(?=^## |\Z)", re.S | re.M)
+    new = (
+        pattern.sub(lambda _: text.rstrip() + "\n\n", old)
+        if pattern.search(old)
+        else old.rstrip() + "\n\n" + text
+    )
+    DOC.write_text(new.rstrip() + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--minutes", type=float, default=30.0, help="training budget (wall clock, validation included)"
+    )
+    ap.add_argument("--isbi", type=Path, default=DEFAULT_ISBI)
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "isbi2012")
+    ap.add_argument("--val-every", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--augment", default="default")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-doc", action="store_true", help="do not touch docs/ (JSON only)")
+    args = ap.parse_args()
+    if not (args.isbi / "train-volume.tif").is_file():
+        print(f"skipped: ISBI 2012 data not found at {args.isbi} (train-volume.tif, train-labels.tif)")
+        return 0
+
+    from volseg.train import train
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    image, labels = write_volumes(args.isbi, args.out)
+    info = machine()
+    result = train(
+        image=str(image), labels=str(labels), output=str(args.out / "model.pt"), foreground=(0,),
+        label_values=(0, 255), val_slices="25:30", time_limit=f"{args.minutes * 60:g}s",
+        val_every=args.val_every, batch_size=args.batch_size, lr=args.lr, augment=args.augment,
+        seed=args.seed, overwrite=True, progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    history = [json.loads(line) for line in result.log.read_text().splitlines() if '"kind": "val"' in line]
+    res = {
+        "date": dt.date.today().isoformat(),
+        "minutes": args.minutes,
+        "machine": info,
+        "config": result.config.to_dict(),
+        "precision": result.config.precision if result.config.precision != "auto" else _precision(result),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "steps_per_second": round(result.steps_per_second, 4),
+        "data_wait_fraction": round(result.data_wait_fraction, 4),
+        "best_step": result.best_step,
+        "best": result.metrics,
+        "final": result.final_metrics,
+        "paper": PAPER,
+        "validations": history,
+    }
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(res, indent=2) + "\n")
+    best = result.metrics
+    print(
+        f"ISBI 2012, {args.minutes:g} min, {result.steps} steps, best at step {result.best_step}: "
+        f"pixel error {best['pixel_error']:.4f} (best threshold {best['pixel_error_best']:.4f}), "
+        f"V_rand {best['v_rand']:.4f} (Rand error {1 - best['v_rand']:.4f}), V_info {best['v_info']:.4f}; "
+        f"U-Net paper: pixel error {PAPER['pixel_error']}, Rand error {PAPER['rand_error']}"
+    )
+    if not args.no_doc:
+        CURVES.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result.curves, CURVES)
+        write_doc_section(markdown(res))
+    return 0
+
+
+def _precision(result) -> str:
+    from volseg.model import read_model_file
+
+    return read_model_file(result.model)["extra"]["precision"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

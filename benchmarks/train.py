@@ -1,0 +1,242 @@
+"""Training throughput: steps/s and the share of time the model waits for data.
+
+    python benchmarks/train.py [--steps 15] [--warmup 3] [--workers 0,1,2] [--isbi DIR] [--no-doc]
+
+The same model and optimizer (the training defaults: U-Net base 16, depth 4, batch norm, batch
+8 of 256 x 256 patches, AdamW, BCE + Dice, ``--precision auto``) train on
+
+* **in-memory tensors**: a few batches drawn once and collated beforehand, fed round-robin, so
+  nothing waits for data: the model's own speed;
+* **the training loader** with 0, 1, 2, ... DataLoader worker processes: patches read lazily
+  from the Zarr volumes, augmented with the ``default`` preset, normalised and collated while
+  the model trains, exactly as ``volseg train`` does (:meth:`volseg.train.Trainer.loader`).
+
+Data waiting is measured inside the loop, as the training loop measures it: the time spent in
+``next(batches)``, over the time of the whole step (waiting included). The first ``--warmup``
+steps (oneDNN kernel selection, worker start-up) are left out.
+
+Data: the ISBI 2012 training stack when present (default ``../shared/data/isbi2012`` beside the
+checkout), else a synthetic 30 x 512 x 512 stack. Writes ``benchmarks/results/train.json`` and the
+``## train`` section of ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from itertools import cycle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from volseg.train import TrainConfig, Trainer, output_paths
+from volseg.volume import create_volume
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ISBI = ROOT.parent / "shared" / "data" / "isbi2012"
+RESULT = ROOT / "benchmarks" / "results" / "train.json"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def machine() -> dict:
+    model = platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def write_data(scratch: Path, isbi: Path) -> str:
+    """Image and label volumes in ``scratch``; returns a description of the data."""
+    if (isbi / "train-volume.tif").is_file():
+        import tifffile
+
+        image, labels = tifffile.imread(isbi / "train-volume.tif"), tifffile.imread(isbi / "train-labels.tif")
+        source = "ISBI 2012 training stack (30 x 512 x 512)"
+    else:
+        from volseg.synth import synth_block
+
+        image, _, labels = synth_block((30, 512, 512), seed=0)
+        source = "synthetic stack (30 x 512 x 512, volseg.synth)"
+    for name, data, kind in (("image", image, "image"), ("labels", labels, "label")):
+        vol = create_volume(scratch / f"{name}.zarr", data.shape, data.dtype, (1, 512, 512), kind=kind)
+        vol.array[:] = data
+    return source
+
+
+def measure(trainer: Trainer, batches, steps: int, warmup: int) -> dict:
+    """Train ``warmup + steps`` steps from ``batches``; time the waits and the steps after the warm-up."""
+    waits, totals = [], []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        t1 = time.perf_counter()
+        trainer.train_step(batch)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            waits.append(t1 - t0)
+            totals.append(t2 - t0)
+    total = float(np.sum(totals))
+    return {
+        "steps": steps,
+        "seconds": round(total, 3),
+        "steps_per_s": round(steps / total, 4),
+        "patches_per_s": round(steps * trainer.config.batch_size / total, 2),
+        "data_wait_fraction": round(float(np.sum(waits)) / total, 4),
+        "data_wait_ms_per_step": round(1000 * float(np.mean(waits)), 2),
+    }
+
+
+def patch_cost(trainer: Trainer, n: int = 40) -> float:
+    """Milliseconds to build one training patch (read, augment, normalise) in this process, one thread."""
+    dataset = trainer.loader().dataset
+    dataset[0]  # fills the volume cache
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t = time.perf_counter()
+        for i in range(1, n + 1):
+            dataset[i]
+        return 1000 * (time.perf_counter() - t) / n
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace, scratch: Path) -> dict:
+    source = write_data(scratch, args.isbi)
+    base = dict(
+        image=str(scratch / "image.zarr"), labels=str(scratch / "labels.zarr"), foreground=(0,),
+        val_fraction=0.0, steps=10_000, progress=False, seed=0, batch_size=args.batch_size,
+        patch_size=args.patch, base_channels=args.base, depth=args.depth, precision=args.precision,
+        device=args.device, augment="default",
+    )  # fmt: skip
+
+    def trainer(workers: int) -> Trainer:
+        config = TrainConfig(**base, workers=workers, output=str(scratch / f"w{workers}.pt"))
+        return Trainer(config, output_paths(config.output))
+
+    results: dict = {}
+    memory = trainer(0)
+    loader = iter(memory.loader())
+    prepared = [next(loader) for _ in range(4)]
+    results["in-memory tensors"] = measure(memory, cycle(prepared), args.steps, args.warmup)
+    print("in-memory tensors", results["in-memory tensors"], flush=True)
+    for workers in args.workers:
+        t = trainer(workers)
+        loader = t.loader()
+        results[f"loader, {workers} workers"] = measure(t, iter(loader), args.steps, args.warmup)
+        print(f"loader, {workers} workers", results[f"loader, {workers} workers"], flush=True)
+        del loader
+    return {
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "data": source,
+        "model": {"base_channels": args.base, "depth": args.depth, "norm": "batch"},
+        "batch_size": args.batch_size,
+        "patch": args.patch,
+        "precision": memory.precision,
+        "device": str(memory.device),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "patch_ms_one_thread": round(patch_cost(memory), 2),
+        "results": results,
+    }
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    load = m["load_average_at_start"][0]
+    busy = f" The machine was shared: load average {load} at the start." if load > 0.5 * m["cores"] else ""
+    base = res["results"]["in-memory tensors"]["steps_per_s"]
+    net = res["model"]
+    lines = [
+        "## train",
+        "",
+        f"`python benchmarks/train.py` ({res['date']}): {res['data']}; U-Net base {net['base_channels']}, "
+        f"depth {net['depth']}, batch {res['batch_size']} of {res['patch']} x {res['patch']} patches, "
+        f"{res['precision']} on {res['device']}, `default` augmentation; {res['steps']} timed steps after "
+        f"{res['warmup']} warm-up steps. Machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']} with "
+        f"{m['torch_threads']} threads.{busy}",
+        "",
+        "| fed from | steps/s | patches/s | data waiting (share of step) | wait (ms/step) | vs in-memory |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in res["results"].items():
+        lines.append(
+            f"| {name} | {r['steps_per_s']:.3f} | {r['patches_per_s']:.1f} "
+            f"| {100 * r['data_wait_fraction']:.1f} % | {r['data_wait_ms_per_step']:.1f} "
+            f"| {r['steps_per_s'] / base:.2f} |"
+        )
+    lines += [
+        "",
+        f"One patch costs {res['patch_ms_one_thread']:.1f} ms to read, augment and normalise on one thread, "
+        f"{res['batch_size'] * res['patch_ms_one_thread']:.0f} ms per batch, against "
+        f"{1000 / base:.0f} ms for the model's step. Data waiting is measured inside the loop "
+        "(time in `next(batches)` over the whole step). With 0 workers the batch is built in the training "
+        "process between steps; workers build it while the model trains, but on a 2-core machine they take "
+        "their CPU time from the training threads. Raw figures: `benchmarks/results/train.json`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_doc_section(text: str, heading: str = "train") -> None:
+    """Replace only the ``## {heading}`` section of docs/benchmarks.md (others own the other sections)."""
+    old = (
+        DOC.read_text()
+        if DOC.exists()
+        else "# Benchmarks\n\nMeasured tables, with the machine they ran on.\n"
+    )
+    pattern = re.compile(rf"^## {heading}\n.*?(?=^## |\Z)", re.S | re.M)
+    new = (
+        pattern.sub(lambda _: text.rstrip() + "\n\n", old)
+        if pattern.search(old)
+        else old.rstrip() + "\n\n" + text
+    )
+    DOC.write_text(new.rstrip() + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=15, help="timed steps per variant")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--workers", default="0,1,2", help="DataLoader worker counts to compare")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--patch", type=int, default=256)
+    ap.add_argument("--base", type=int, default=16)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--isbi", type=Path, default=DEFAULT_ISBI)
+    ap.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
+    args = ap.parse_args()
+    args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    scratch = Path(tempfile.mkdtemp(prefix="volseg-bench-train-"))
+    try:
+        res = run(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(res, indent=2) + "\n")
+    text = markdown(res)
+    print(text)
+    if not args.no_doc:
+        write_doc_section(text)
+
+
+if __name__ == "__main__":
+    main()

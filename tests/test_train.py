@@ -1,0 +1,303 @@
+"""Training: it learns, resumes exactly, checkpoints atomically, stops cleanly, and refuses bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from volseg.cli import app
+from volseg.errors import OptionError, OutputError
+from volseg.model import load_model, read_model_file
+from volseg.synth import synth_block
+from volseg.train import TrainConfig, TrainingInterrupted, load_config_file, lr_factor, parse_duration, train
+from volseg.volume import create_volume
+
+runner = CliRunner()
+SHAPE = (8, 96, 96)
+# A tiny, fast model and run; fp32 on CPU so that runs are bitwise reproducible.
+TINY = dict(
+    patch_size=64, batch_size=4, base_channels=6, depth=2, val_slices="6:8", device="cpu", precision="fp32",
+    workers=0, progress=False, augment="light", lr=3e-3, warmup_steps=5,
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny models gain nothing from more threads, and the test machine's cores are shared
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_volume(path: Path, data: np.ndarray, kind: str = "image") -> Path:
+    vol = create_volume(path, data.shape, data.dtype, (1, 48, 48), kind=kind)
+    vol.array[:] = data
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train")
+    image, _, membranes = synth_block(SHAPE, seed=3)
+    return {
+        "root": root,
+        "image": write_volume(root / "image.zarr", image),
+        "labels": write_volume(root / "labels.zarr", membranes, "label"),
+    }
+
+
+def run(data, out: Path, **kw):
+    return train(image=str(data["image"]), labels=str(data["labels"]), output=str(out), **{**TINY, **kw})
+
+
+def steps_of(log: Path) -> list[dict]:
+    return [r for r in map(json.loads, log.read_text().splitlines()) if r["kind"] == "step"]
+
+
+# ------------------------------------------------------------------ it learns
+def test_loss_falls_and_dice_beats_the_trivial_baseline(data, tmp_path):
+    result = run(data, tmp_path / "m.pt", steps=80, val_every=40)
+    losses = [r["loss"] for r in steps_of(result.log)]
+    assert len(losses) == 80
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+    truth = np.asarray(read_model_file(result.model)["extra"]["val_sections"])
+    assert truth.tolist() == [6, 7]
+    _, _, membranes = synth_block(SHAPE, seed=3)
+    p = float((membranes[6:8] == 0).mean())
+    # predicting "membrane" everywhere gives Dice 2p / (1 + p); "nothing" gives 0 and pixel error p
+    assert result.metrics["dice"] > 2 * p / (1 + p) + 0.1
+    assert result.metrics["pixel_error_best"] < p
+    assert 0.0 <= result.metrics["v_rand"] <= 1.0 and result.best_step in (40, 80)
+    # the outputs a user looks at
+    assert result.curves.stat().st_size > 10_000 and result.config_file.exists()
+    vals = [r for r in map(json.loads, result.log.read_text().splitlines()) if r["kind"] == "val"]
+    assert [v["step"] for v in vals] == [40, 80]
+    model = load_model(result.model)
+    meta = model.volseg_meta
+    assert meta["foreground"] == [0] and meta["normalization"]["mode"] == "meanstd"
+    assert meta["train_config"]["steps"] == 80 and "membrane probability = p" in meta["label_convention"]
+    assert 0.0 <= result.data_wait_fraction < 1.0 and result.steps_per_second > 0
+
+
+# ------------------------------------------------------------------ exact resume
+def interrupt_at(step: int):
+    def on_step(s: int, loss: float) -> None:
+        if s == step:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled at the end of the step
+
+    return on_step
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_exact(data, tmp_path, workers):
+    options = dict(steps=20, val_every=7, dropout=0.2, augment="default")  # validations at 7, 14, 20
+    straight = run(data, tmp_path / "a.pt", **options)
+    with pytest.raises(TrainingInterrupted) as info:
+        run(data, tmp_path / "b.pt", workers=workers, on_step=interrupt_at(10), **options)
+    assert info.value.step == 10 and "--resume" in str(info.value)
+    assert read_model_file(tmp_path / "b.last.pt")["training_state"]["step"] == 10
+    resumed = run(data, tmp_path / "b.pt", workers=workers, resume=True, **options)
+    assert resumed.steps == 20
+    a, b = read_model_file(straight.last), read_model_file(resumed.last)
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    for key, state in a["training_state"]["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["training_state"]["optimizer"]["state"][key][name])
+    assert a["metrics"] == b["metrics"]
+    assert [r["step"] for r in steps_of(resumed.log)] == list(range(1, 21))
+    assert [r["loss"] for r in steps_of(resumed.log)] == [r["loss"] for r in steps_of(straight.log)]
+
+
+def test_resume_refuses_changed_options_and_missing_checkpoint(data, tmp_path):
+    with pytest.raises(Exception, match="no checkpoint"):
+        run(data, tmp_path / "none.pt", resume=True)
+    run(data, tmp_path / "m.pt", steps=2, val_every=2)
+    with pytest.raises(OptionError, match="--lr 0.5 differs from the checkpoint's 0.003"):
+        run(data, tmp_path / "m.pt", steps=4, resume=True, lr=0.5)
+    with pytest.raises(OutputError, match="already exists; pass --overwrite"):
+        run(data, tmp_path / "m.pt", steps=2)
+
+
+# ------------------------------------------------------------------ checkpoints
+def test_a_failed_save_leaves_the_previous_checkpoint(data, tmp_path, monkeypatch):
+    first = run(data, tmp_path / "m.pt", steps=4, val_every=4)
+    before = first.last.read_bytes()
+
+    real_replace = os.replace
+
+    def broken_replace(src, dst):
+        if str(dst).endswith(".pt"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr("volseg.model.os.replace", broken_replace)
+    with pytest.raises(OutputError, match="No space left on device.*previous file, if any, is intact"):
+        run(data, tmp_path / "m.pt", steps=8, val_every=2, resume=True)
+    monkeypatch.undo()
+    assert first.last.read_bytes() == before
+    assert read_model_file(first.last)["training_state"]["step"] == 4
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def cli_args(data, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "volseg", "train", str(data["image"]), str(data["labels"]), "-o", str(out),
+        "--patch-size", "64", "--batch-size", "4", "--base-channels", "6", "--depth", "2",
+        "--val-slices", "6:8", "--device", "cpu", "--workers", "0", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def wait_for_steps(log: Path, n: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if log.exists() and sum(1 for line in log.read_text().splitlines() if '"kind": "step"' in line) >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"training ended early: {proc.communicate()}")
+        time.sleep(0.05)
+    pytest.fail("training did not start in time")
+
+
+def test_ctrl_c_saves_and_exits_130_then_kill_9_leaves_a_loadable_checkpoint(data, tmp_path):
+    out = tmp_path / "m.pt"
+    log = tmp_path / "m.log.jsonl"
+    proc = subprocess.Popen(
+        cli_args(data, out, "--steps", "100000", "--val-every", "3"),
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ONE_THREAD,
+    )
+    wait_for_steps(log, 5, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted at step" in lines[0] and "--resume" in lines[0], err
+    step = read_model_file(tmp_path / "m.last.pt")["training_state"]["step"]
+    assert step >= 5
+
+    proc = subprocess.Popen(
+        cli_args(data, out, "--resume", "--val-every", "1"), stderr=subprocess.PIPE, text=True, env=ONE_THREAD
+    )
+    wait_for_steps(log, step + 4, proc)
+    proc.kill()  # kill -9, quite likely while a checkpoint is written (one per step here)
+    proc.wait(timeout=30)
+    state = read_model_file(tmp_path / "m.last.pt")["training_state"]
+    assert state["step"] >= step
+    load_model(tmp_path / "m.last.pt")
+    load_model(out)
+
+
+# ------------------------------------------------------------------ options and config
+def test_config_file_and_command_line_override(data, tmp_path):
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f'image = "{data["image"]}"\nlabels = "{data["labels"]}"\npatch-size = 64\nbatch_size = 2\n'
+        'base_channels = 4\ndepth = 2\nsteps = 50\nlr = 0.002\nval_slices = "6:8"\nforeground = [0]\n'
+        'device = "cpu"\nprecision = "fp32"\nprogress = false\naugment = "none"\n'
+    )
+    out = tmp_path / "m.pt"
+    result = runner.invoke(
+        app, ["train", "-o", str(out), "--config", str(config), "--steps", "3", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 steps" in result.stdout and "V_rand" in result.stdout
+    saved = read_model_file(out)["train_config"]
+    assert (
+        saved["steps"] == 3
+        and saved["lr"] == 0.002
+        and saved["batch_size"] == 2
+        and saved["augment"] == "none"
+    )
+    resolved = load_config_file(tmp_path / "m.config.toml")
+    assert resolved["steps"] == 3 and resolved["patch_size"] == 64 and resolved["foreground"] == [0]
+    assert TrainConfig(**resolved) == TrainConfig(
+        **{**saved, "overwrite": False, "resume": False, "progress": True}
+    )
+
+
+def test_other_losses_context_and_objects_train(data, tmp_path):
+    for i, kw in enumerate(
+        [
+            dict(loss="weighted_bce"),
+            dict(loss="dice", context=1),
+            dict(loss="bce", foreground_kind="object", foreground=(255,), min_foreground=0.5),
+        ]
+    ):
+        result = run(data, tmp_path / f"m{i}.pt", steps=3, val_every=3, **kw)
+        assert result.steps == 3 and np.isfinite(result.metrics["v_rand"])
+
+
+def test_time_limit_and_schedule():
+    assert parse_duration("20m") == 1200 and parse_duration("1h30m") == 5400
+    assert parse_duration("45s") == 45 and parse_duration("90") == 90 and parse_duration(2.5) == 2.5
+    for bad in ("soon", "-5", "0", "1x"):
+        with pytest.raises(OptionError, match="--time-limit"):
+            parse_duration(bad)
+    assert lr_factor(0, 0.0, 10) == pytest.approx(0.1)
+    assert lr_factor(9, 0.0, 10) == pytest.approx(1.0)
+    assert lr_factor(50, 0.5, 10) == pytest.approx(0.5)
+    assert lr_factor(99, 1.0, 10) == pytest.approx(0.0)
+
+
+def test_time_limit_ends_the_run(data, tmp_path):
+    result = run(data, tmp_path / "m.pt", time_limit="2s", val_every=1000)
+    assert result.steps > 0 and result.seconds < 30 and result.metrics
+    steps = steps_of(result.log)
+    assert steps[-1]["time"] >= 2.0 > steps[-2]["time"]  # stopped once the budget was used
+    assert steps[-1]["lr"] < max(r["lr"] for r in steps)  # the cosine runs over the time budget
+
+
+# ------------------------------------------------------------------ bad input
+def bad_line(args: list[str]) -> str:
+    result = runner.invoke(app, ["train", *args, "--no-progress"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("volseg: error:") and "Traceback" not in result.output
+    return lines[0]
+
+
+def test_bad_input_is_one_line_exit_2(data, tmp_path):
+    root = data["root"]
+    img, lab = str(data["image"]), str(data["labels"])
+    out = str(tmp_path / "m.pt")
+
+    def bad(args: list[str]) -> str:
+        return bad_line([*args, "--patch-size", "64", "--depth", "2"])
+
+    assert "no such volume" in bad([str(root / "missing.zarr"), lab, "-o", out])
+    assert "no such volume" in bad([img, str(root / "missing.zarr"), "-o", out])
+    small = write_volume(tmp_path / "small.zarr", np.zeros((8, 64, 96), np.uint8), "label")
+    assert "differs from image shape" in bad([img, str(small), "-o", out])
+    empty = write_volume(tmp_path / "empty.zarr", np.full(SHAPE, 255, np.uint8), "label")
+    assert "empty label volume" in bad([img, str(empty), "-o", out])
+    assert "outside the declared --label-values" in bad([img, lab, "-o", out, "--label-values", "0,1"])
+    assert "no pixel holds a --foreground value [3]" in bad([img, lab, "-o", out, "--foreground", "3"])
+    assert "leaves none for training" in bad([img, lab, "-o", out, "--val-slices", "0:8"])
+    too_big = [img, lab, "-o", out, "--patch-size", "128", "--depth", "2"]
+    assert "use --patch-size 96 or less" in bad_line(too_big)
+    assert "use 48 or 64" in bad_line([img, lab, "-o", out, "--patch-size", "50", "--depth", "4"])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "choose a writable location" in bad([img, lab, "-o", str(blocker / "m.pt")])
+    config = tmp_path / "bad.toml"
+    config.write_text("patch_size = 64\nlearning_rate = 0.1\n")
+    assert "unknown key 'learning_rate'" in bad([img, lab, "-o", out, "--config", str(config)])
+    assert "--time-limit" in bad([img, lab, "-o", out, "--time-limit", "soon"])
+    assert "--augment-prob" in bad([img, lab, "-o", out, "--augment-prob", "wobble=1"])
+    assert not Path(out).exists()
