@@ -213,6 +213,167 @@ def synth_cmd(
     )
 
 
+# ------------------------------------------------------------------------ train
+class Loss(str, enum.Enum):
+    bce_dice = "bce_dice"
+    weighted_bce = "weighted_bce"
+    bce = "bce"
+    dice = "dice"
+
+
+class TrainForegroundKind(str, enum.Enum):
+    boundary = "boundary"
+    object = "object"
+
+
+class AugmentPreset(str, enum.Enum):
+    none = "none"
+    light = "light"
+    default = "default"
+    heavy = "heavy"
+
+
+class Norm(str, enum.Enum):
+    batch = "batch"
+    group = "group"
+    instance = "instance"
+    none = "none"
+
+
+class Upsample(str, enum.Enum):
+    transpose = "transpose"
+    bilinear = "bilinear"
+
+
+class Precision(str, enum.Enum):  # also used by predict
+    auto = "auto"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+def _opt(help_text: str, *names: str) -> Any:
+    # train options default to None ("not given") so that --config and --resume can fill them
+    return typer.Option(*names, help=help_text, show_default=False)
+
+
+@app.command("train")
+@friendly
+def train_cmd(
+    image: Annotated[Path | None, typer.Argument(help="Image volume (Z, Y, X), e.g. image.zarr.")] = None,
+    labels: Annotated[
+        Path | None, typer.Argument(help="Label volume of the same shape, e.g. labels.zarr.")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        _opt(
+            "Model file to write (MODEL.pt); MODEL.last.pt, .log.jsonl, .curves.png, .config.toml "
+            "go beside it.",
+            "-o",
+            "--output",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        _opt("TOML file of options (the names below, with _ or -); options given here win.", "--config"),
+    ] = None,
+    foreground: Annotated[
+        str | None, _opt("Label values of the positive class, e.g. 0 (ISBI membranes) or 1,2. [default: 0]")
+    ] = None,
+    foreground_kind: Annotated[
+        TrainForegroundKind | None,
+        _opt(
+            "What the foreground marks: boundary (membranes) or object (cells); decides how V_rand and "
+            "V_info read the probability. [default: boundary]"
+        ),
+    ] = None,
+    label_values: Annotated[
+        str | None, _opt("Values the labels may hold, e.g. 0,255; any other value is refused.")
+    ] = None,
+    val_slices: Annotated[
+        str | None, _opt("Held-out sections, e.g. 25:30 or 0,10:12 (wins over --val-fraction).")
+    ] = None,
+    val_fraction: Annotated[
+        float | None, _opt("Hold out the last fraction of sections; 0 = no validation. [default: 0.1]")
+    ] = None,
+    patch_size: Annotated[
+        int | None, _opt("Training patch side, a multiple of 2**depth. [default: 256]")
+    ] = None,
+    batch_size: Annotated[int | None, _opt("Patches per step. [default: 8]")] = None,
+    steps: Annotated[int | None, _opt("Training steps. [default: 2000 unless --time-limit]")] = None,
+    time_limit: Annotated[
+        str | None, _opt("Wall-clock budget, e.g. 20m, 1h30m, 45s or seconds; the schedule spans it.")
+    ] = None,
+    lr: Annotated[float | None, _opt("Peak learning rate (AdamW). [default: 0.001]")] = None,
+    weight_decay: Annotated[float | None, _opt("AdamW weight decay. [default: 0.0001]")] = None,
+    warmup_steps: Annotated[
+        int | None, _opt("Linear warm-up steps, then cosine decay. [default: 100]")
+    ] = None,
+    augment: Annotated[AugmentPreset | None, _opt("Augmentation preset. [default: default]")] = None,
+    augment_prob: Annotated[
+        str | None, _opt("Per-transform probabilities over the preset, e.g. elastic=0.9,noise=0.")
+    ] = None,
+    loss: Annotated[Loss | None, _opt("Loss function. [default: bce_dice]")] = None,
+    w0: Annotated[float | None, _opt("Border weight peak for weighted_bce. [default: 10]")] = None,
+    sigma: Annotated[float | None, _opt("Border weight width (px) for weighted_bce. [default: 5]")] = None,
+    base_channels: Annotated[int | None, _opt("U-Net feature maps at full resolution. [default: 16]")] = None,
+    depth: Annotated[int | None, _opt("U-Net poolings. [default: 4]")] = None,
+    norm: Annotated[Norm | None, _opt("Normalisation layers. [default: batch]")] = None,
+    dropout: Annotated[float | None, _opt("Dropout at the bottleneck. [default: 0]")] = None,
+    upsample: Annotated[Upsample | None, _opt("Upsampling. [default: transpose]")] = None,
+    context: Annotated[
+        int | None, _opt("Neighbouring sections on each side as input channels (2.5-D). [default: 0]")
+    ] = None,
+    device: Annotated[str | None, _opt("auto, cpu, cuda, cuda:N or mps. [default: auto]")] = None,
+    precision: Annotated[
+        Precision | None,
+        _opt("auto: bf16 where the hardware has it, else fp32 (fp16 on GPUs). [default: auto]"),
+    ] = None,
+    workers: Annotated[
+        int | None, _opt("Data-loading processes; -1 chooses (0 on CPU). [default: -1]")
+    ] = None,
+    seed: Annotated[int | None, _opt("Seed of the model and of every patch. [default: 0]")] = None,
+    val_every: Annotated[int | None, _opt("Validate and checkpoint every N steps. [default: 200]")] = None,
+    min_foreground: Annotated[
+        float | None, _opt("Redraw patches whose positive fraction is below this. [default: 0]")
+    ] = None,
+    max_attempts: Annotated[int | None, _opt("Draws per patch for --min-foreground. [default: 10]")] = None,
+    cache_gb: Annotated[
+        float | None, _opt("Hold volumes up to this size (GiB) in memory. [default: 2]")
+    ] = None,
+    resume: Annotated[bool | None, _opt("Continue exactly from MODEL.last.pt.", "--resume")] = None,
+    overwrite: Annotated[bool | None, _opt("Replace an existing model and its files.", "--overwrite")] = None,
+    progress: Annotated[bool | None, _opt("Show a progress bar.", "--progress/--no-progress")] = None,
+) -> None:
+    """Train a U-Net on random augmented patches, validating on held-out sections.
+
+    Writes the best model by V_rand to MODEL and the last checkpoint to MODEL.last.pt
+    (--resume continues it exactly); Ctrl-C saves and exits. See docs/train.md.
+
+    Example: volseg train image.zarr labels.zarr -o model.pt --val-slices 25:30 --time-limit 20m
+    """
+    options = {k: v.value if isinstance(v, enum.Enum) else v for k, v in locals().items() if k != "config"}
+    from volseg.train import TrainingInterrupted, train
+
+    options.update({k: str(options[k]) for k in ("image", "labels", "output") if options[k] is not None})
+    try:
+        result = train(config_file=config, **options)
+    except TrainingInterrupted as exc:
+        typer.echo(f"volseg: {exc}", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(
+        f"{result.model}: {result.steps} steps, {result.seconds:.0f} s "
+        f"({result.steps_per_second:.2f} steps/s, "
+        f"data waiting {100 * result.data_wait_fraction:.1f} %)"
+    )
+    if m := result.metrics:
+        typer.echo(
+            f"best at step {result.best_step}: V_rand {m['v_rand']:.4f}  V_info {m['v_info']:.4f}  "
+            f"pixel error {m['pixel_error']:.4f} (at best threshold {m['pixel_error_best']:.4f})  "
+            f"Dice {m['dice']:.4f}"
+        )
+
+
 # ---------------------------------------------------------------------- segment
 class SegmentMode(str, enum.Enum):
     two_d = "2d"
