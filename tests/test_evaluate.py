@@ -277,3 +277,12 @@ def test_unwritten_sections_of_an_unfinished_run_are_refused(tmp_path):
     assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", sections="0")["overall"]["dice"] == 1
     with pytest.raises(InputError, match="section 1"):
         evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")
+
+
+def test_truth_metadata_names_the_membrane_values(tmp_path):
+    # A truth with membrane = 1 (not ISBI's 0), saying so in its metadata as 'volseg synth' does.
+    truth = (MEMBRANE == 0).astype(np.uint8)
+    _write(tmp_path / "t.zarr", truth, kind="mask", label_convention={"1": "membrane", "0": "cell interior"})
+    _write(tmp_path / "p.zarr", truth * 255, kind="probability")
+    r = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")
+    assert r["foreground"] == [1] and r["overall"]["dice"] == 1 and r["overall"]["v_rand"] == 1

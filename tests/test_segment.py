@@ -118,6 +118,8 @@ def test_bad_options_name_the_option():
         SegmentOptions(threshold=1.5)
     with pytest.raises(OptionError, match="--mode"):
         SegmentOptions(mode="4d")
+    with pytest.raises(OptionError, match="--scheduler"):
+        segment("missing.zarr", "out.zarr", scheduler="gpu")
 
 
 # --------------------------------------------------------------------- blockwise

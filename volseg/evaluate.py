@@ -138,13 +138,29 @@ def _probability(vol: Volume) -> Callable[[np.ndarray], np.ndarray]:
     return lambda a: np.clip(a.astype(np.float32) * scale + offset, 0.0, 1.0)
 
 
-def _settings(pred: Volume, opts: EvaluateOptions) -> tuple[tuple[int, ...], str]:
+def _settings(pred: Volume, truth: Volume, opts: EvaluateOptions) -> tuple[tuple[int, ...], str]:
+    """The positive class: the options, else the model's record in ``pred``, else the truth's, else 0."""
     from volseg.segment import recorded_convention
 
     recorded = recorded_convention(pred)
+    if recorded["foreground"] is None:
+        recorded = {**recorded, **_truth_convention(truth)}
     foreground = opts.foreground or tuple(recorded["foreground"] or (0,))
     kind = opts.foreground_kind or recorded["foreground_kind"] or "boundary"
     return foreground, kind
+
+
+def _truth_convention(truth: Volume) -> dict[str, Any]:
+    """The membrane values of a truth whose metadata maps values to meanings (``volseg synth`` does)."""
+    convention = truth.meta.get("label_convention")
+    if not isinstance(convention, dict) or not all(str(k).lstrip("-").isdigit() for k in convention):
+        return {}
+    membrane = [
+        int(k) for k, v in convention.items() if str(v).lower() in ("membrane", "membranes", "boundary")
+    ]
+    if not membrane:
+        return {}
+    return {"foreground": membrane, "foreground_kind": "boundary"}
 
 
 def _open_pair(pred: str | os.PathLike, truth: str | os.PathLike) -> tuple[Volume, Volume]:
@@ -343,7 +359,7 @@ def evaluate(
     chosen = _choose_sections(sections, opts, p.shape[0])
     _check_written(p, chosen)
     _check_written(t, chosen)
-    foreground, fg_kind = _settings(p, opts)
+    foreground, fg_kind = _settings(p, t, opts)
     kind = "instance" if p.kind == "label" else "binary"
     run = _instance if kind == "instance" else _binary
     overall, rows, extra = run(p, t, chosen, opts, foreground, fg_kind)

@@ -60,6 +60,7 @@ __all__ = [
 MODES = ("2d", "3d")
 METHODS = ("watershed", "cc")
 SEEDS = ("distance", "hminima")
+SCHEDULERS = ("threads", "processes", "synchronous")
 _WORK = ".volseg/segment"  # scratch of an unfinished run, inside the output volume
 
 
@@ -752,15 +753,12 @@ def segment(
     """
     opts = options or SegmentOptions()
     say = progress or (lambda _msg: None)
+    _check_run_options(chunks, overwrite, resume, scheduler, workers)
     src = open_volume(prob)
     convert = boundary_from_volume(src, opts.invert)
     out_path = Path(os.fspath(out))
     if out_path.resolve() == src.path.resolve():
         raise OutputError(f"{out_path}: the output must differ from the input")
-    if chunks is not None and (len(chunks) != 3 or min(chunks) < 1):
-        raise OptionError(f"--chunks {tuple(chunks)}: expected three positive sizes (z, y, x)")
-    if overwrite and resume:
-        raise OptionError("--overwrite and --resume exclude each other: choose one")
     _check_input_complete(src)
     vol = _open_or_create(src, out_path, opts, chunks, overwrite, resume, codec)
     resumed = len(vol.done_blocks())
@@ -786,6 +784,21 @@ def segment(
         vol.update_meta(labels=int(np.prod(vol.shape)))
     vol.mark_complete()
     return _summary(vol, opts, resumed)
+
+
+def _check_run_options(
+    chunks: Sequence[int] | None, overwrite: bool, resume: bool, scheduler: str | None, workers: int | None
+) -> None:
+    if chunks is not None and (len(chunks) != 3 or min(chunks) < 1):
+        raise OptionError(f"--chunks {tuple(chunks)}: expected three positive sizes (z, y, x)")
+    if overwrite and resume:
+        raise OptionError("--overwrite and --resume exclude each other: choose one")
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise OptionError(
+            f"--scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)} (or a distributed.Client)"
+        )
+    if workers is not None and workers < 1:
+        raise OptionError(f"--workers {workers}: use 1 or more")
 
 
 def _pass1(
