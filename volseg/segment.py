@@ -460,7 +460,7 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez_compressed(fh, **arrays)  # block faces are long runs of few ids: they compress well
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
