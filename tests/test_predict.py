@@ -200,11 +200,10 @@ def test_output_metadata_threshold_mask_and_api(tmp_path, em):
 
 def test_memory_limit_and_dry_run_plan(tmp_path, em):
     big = plan_prediction(em["model"], em["image"], tmp_path / "p.zarr", chunks=(1, 32, 32))
-    small = plan_prediction(
-        em["model"], em["image"], tmp_path / "p.zarr", chunks=(1, 32, 32), memory_limit=40e6
-    )
-    assert small.memory_total <= 40e6 < big.memory_total
-    assert small.batch_size < 8 or small.block_shape < big.block_shape
+    limit = big.memory_total - 1
+    small = plan_prediction(em["model"], em["image"], tmp_path / "p.zarr", chunks=(1, 32, 32), memory_limit=limit)
+    assert small.memory_total <= limit < big.memory_total
+    assert small.block_shape < big.block_shape or small.tile < big.tile
     with pytest.raises(OptionError, match="--memory-limit .* too small"):
         plan_prediction(em["model"], em["image"], tmp_path / "p.zarr", memory_limit=1e5)
     res = runner.invoke(

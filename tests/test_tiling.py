@@ -119,3 +119,26 @@ def test_roi_edges_and_errors():
     for bad in ("0:1,0:2", "0:1,a:2,0:3", "0-1,0:2,0:3"):
         with pytest.raises(OptionError, match="--roi"):
             tiling.parse_roi(bad)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    extent=st.tuples(st.integers(1, 300), st.integers(1, 300)),
+    block=st.tuples(st.integers(1, 200), st.integers(1, 200)),
+    offset=st.tuples(st.integers(0, 100), st.integers(0, 100)),
+    k=st.integers(1, 8),
+    halo_k=st.integers(0, 4),
+    depth=st.integers(0, 4),
+)
+def test_plan_overhead_adds_up_every_block(extent, block, offset, k, halo_k, depth):
+    divisor = 2**depth
+    tile, halo = k * divisor, halo_k * divisor
+    computed = 0.0
+    for b in tiling.blocks((1, *extent), (1, *block)):
+        inner = []
+        for span, o in zip(b.out[1:], offset, strict=True):
+            w = tiling.aligned_window(o + span.start, o + span.stop, halo, divisor)
+            inner.append(o + span.stop - w.origin)
+        computed += tiling.window_overhead(inner, tile, halo, divisor) * inner[0] * inner[1]
+    expected = computed / (extent[0] * extent[1])
+    assert tiling.plan_overhead(extent, block, offset, tile, halo, divisor) == pytest.approx(expected)

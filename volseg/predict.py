@@ -64,6 +64,8 @@ SCHEDULERS = ("threads", "processes", "synchronous")
 BLOCK_TARGET_YX = 1024
 #: The seconds a scheduler address is given to answer before the run is refused.
 CONNECT_TIMEOUT_S = 3.0
+#: Memory (bytes) of a worker process before any block: interpreter, torch, the model.
+BASE_MEMORY = 400 * 2**20
 #: Tasks in flight on one machine by default (threads or processes), each with cores / 2 torch threads.
 DEFAULT_PARALLEL = 2
 
@@ -81,7 +83,8 @@ class PredictOptions:
     halo
         Context (px) on each side of a tile; ``None``: the model's default halo.
     batch_size
-        Tiles per forward pass; ``None``: 4, or what ``memory_limit`` allows.
+        Tiles per forward pass; ``None``: 1 on CPU (no faster batched, and the activations'
+        memory grows with it), 4 on a GPU, or what ``memory_limit`` allows.
     precision
         ``auto`` | ``bf16`` | ``fp16`` | ``fp32``; auto picks bf16 where the hardware has it.
     device
@@ -291,7 +294,7 @@ class Plan:
             f"overhead   halo (T + 2h)^2 / T^2 = {self.halo_overhead:.2f}; computed / output pixels "
             f"= {self.compute_overhead:.2f}",
             f"memory     ~{human_bytes(self.memory_per_block)} per block in flight, "
-            f"~{human_bytes(self.memory_total)} with {self.parallel} in flight",
+            f"~{human_bytes(self.memory_total)} in all with {self.parallel} in flight",
             f"scheduler  {self.scheduler}, {self.parallel} parallel task(s) x "
             f"{self.torch_threads} torch thread(s)",
         ]
@@ -363,7 +366,7 @@ class _ModelInfo:
     meta: dict[str, Any]
 
 
-_MODELS: dict[str, Any] = {}
+_MODELS: dict[tuple[str, str | None], Any] = {}
 _MODELS_LOCK = threading.Lock()
 
 
@@ -406,8 +409,10 @@ def _module_digest(module: Any) -> str:
 
 
 def _worker_model(job: Job) -> Any:
-    """The model for ``job`` in this process: loaded once, then reused by every task."""
+    """The model for ``job`` in this process: loaded and prepared once, then reused by every task."""
     import torch
+
+    from volseg.model import load_model, prepare_for_inference
 
     threads = job.torch_threads
     if isinstance(threads, dict):
@@ -415,13 +420,17 @@ def _worker_model(job: Job) -> Any:
     with _MODELS_LOCK:
         if threads and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        model = _MODELS.get(job.model_key)
+        key = (job.model_key, job.infer.device)
+        model = _MODELS.get(key)
         if model is None:
-            if job.model_path is None:
-                raise RuntimeError("an in-memory model needs the threads or synchronous scheduler")
-            from volseg.model import load_model
-
-            model = _MODELS[job.model_key] = load_model(job.model_path, device="cpu")
+            model = _MODELS.get((job.model_key, None))  # registered by predict() in this process
+            if model is None:
+                if job.model_path is None:
+                    raise RuntimeError("an in-memory model needs the threads or synchronous scheduler")
+                model = load_model(job.model_path, device="cpu")
+            # Converted once, under the lock: infer_padded's own conversion is then a no-op, so
+            # no thread swaps the weights while another one runs a forward pass.
+            model = _MODELS[key] = prepare_for_inference(model, job.infer.device)
         return model
 
 
@@ -590,9 +599,10 @@ def estimate_memory(
 ) -> int:
     """Bytes one block in flight needs: its window, float output, batch windows and activations.
 
-    The U-Net's activations are ~12 feature maps of ``base_channels`` at full resolution per
-    window (skips kept for the decoder), 4 bytes each in fp32, about 3 in bf16/fp16 (autocast
-    keeps some float32 copies); measured on CPU for depth 2 to 4.
+    The U-Net's peak activations are about 8 feature maps of ``base_channels`` at full
+    resolution per window (skips kept for the decoder), 4 bytes a value in fp32 and 2 in
+    bf16 / fp16: measured 30 and 16 bytes per pixel and base channel (base 16, depth 4, CPU,
+    1216 x 1216 windows); 9 maps are counted for a margin.
     """
     bz, by, bx = block_shape
     c = info.context
@@ -603,8 +613,8 @@ def estimate_memory(
     ty, tx = min(tile, by + d), min(tile, bx + d)
     w2 = (ty + 2 * halo + d) * (tx + 2 * halo + d)
     base = int(info.config.get("base_channels", 16))
-    act_bytes = 4 if precision == "fp32" else 3
-    batch_mem = batch * w2 * ((2 * c + 1) * 4 + 12 * base * act_bytes)
+    act_bytes = 4 if precision == "fp32" else 2
+    batch_mem = batch * w2 * ((2 * c + 1) * 4 + 9 * base * act_bytes)
     return int(window + out + batch_mem)
 
 
@@ -653,7 +663,7 @@ def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Pl
     mask = mask_path(outp) if options.threshold is not None else None
     sched, parallel, threads = _parallelism(options, 1 << 30)
     plan_tile, batch, cpb, mem = _size_blocks(
-        options, info, out_shape, chunks, tile, halo, precision, source.dtype.itemsize, parallel
+        options, info, out_shape, chunks, tile, halo, precision, source.dtype.itemsize, parallel, device
     )
     identity = _identity(info, source, roi, chunks, options, plan_tile, halo)
     existing = _existing_done(outp, mask, identity, options.overwrite)
@@ -661,7 +671,6 @@ def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Pl
     pending = [b for b in all_blocks if not all(c in existing for c in b.chunk_ids)]
     sched, parallel, threads = _parallelism(options, len(pending))
     block_shape = tuple(min(c * k, s) for c, k, s in zip(chunks, cpb, out_shape, strict=True))
-    inner = [block_shape[1] + roi[1][0] % info.divisor, block_shape[2] + roi[2][0] % info.divisor]
     plan = Plan(
         model_path=info.path,
         image=str(source.path.resolve()),
@@ -687,9 +696,11 @@ def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Pl
         n_chunks=math.prod(tiling.grid_shape(out_shape, chunks)),
         blocks_done=len(all_blocks) - len(pending),
         halo_overhead=tiling.halo_overhead(plan_tile, halo),
-        compute_overhead=tiling.window_overhead(inner, plan_tile, halo, info.divisor),
+        compute_overhead=tiling.plan_overhead(
+            out_shape[1:], block_shape[1:], [a for a, _ in roi[1:]], plan_tile, halo, info.divisor
+        ),
         memory_per_block=mem,
-        memory_total=mem * max(1, parallel),
+        memory_total=mem * max(1, parallel) + BASE_MEMORY,
         identity=identity,
         settings=_settings(options, plan_tile, halo, batch, cpb),
         pending=pending,
@@ -707,29 +718,46 @@ def _size_blocks(
     precision: str,
     itemsize: int,
     parallel: int,
+    device: str,
 ) -> tuple[int, int, tuple[int, int, int], int]:
-    """Tile, batch size, chunks per block and memory per block; the largest that fit the memory limit."""
-    batches = [options.batch_size] if options.batch_size else ([8, 4, 2, 1] if options.memory_limit else [4])
-    budget = options.memory_limit / parallel if options.memory_limit else math.inf
-    smallest = None
+    """Tile, batch size, chunks per block and memory per block in flight.
+
+    Without ``--memory-limit``: the given (or default) tile and batch, chunks grouped up to
+    :data:`BLOCK_TARGET_YX`. The default batch is 1 on CPU (larger batches are no faster there
+    and multiply the activations' memory) and 4 on a GPU. With a limit: the largest that fit,
+    shrinking the block's depth, then its extent, then (unless ``--tile``) the tile, then
+    (on a GPU, unless ``--batch-size``) the batch.
+    """
+    gpu = device not in ("cpu", "mps")
+    default = 4 if gpu else 1
+    batches = [options.batch_size] if options.batch_size else ([8, 4, 2, 1] if gpu else [1])
+    if not options.memory_limit:
+        batches = [options.batch_size or default]
+    budget = (options.memory_limit - BASE_MEMORY) / parallel if options.memory_limit else math.inf
+    smallest = math.inf
     for batch in batches:
-        cpb = _grouping(out_shape, chunks, options.block, tile or BLOCK_TARGET_YX, batch)
+        t_max = tile or BLOCK_TARGET_YX
         while True:
-            block_shape = [min(c * k, s) for c, k, s in zip(chunks, cpb, out_shape, strict=True)]
-            t = tile or min(BLOCK_TARGET_YX, _round_up(max(block_shape[1:]), info.divisor))
-            mem = estimate_memory(block_shape, t, halo, batch, info, precision, itemsize)
-            if mem <= budget:
-                return t, batch, cpb, mem
-            smallest = mem
-            if options.block is not None or cpb == (1, 1, 1):
+            cpb = _grouping(out_shape, chunks, options.block, t_max, batch)
+            while True:
+                block_shape = [min(c * k, s) for c, k, s in zip(chunks, cpb, out_shape, strict=True)]
+                t = tile or min(t_max, _round_up(max(block_shape[1:]), info.divisor))
+                mem = estimate_memory(block_shape, t, halo, batch, info, precision, itemsize)
+                if mem <= budget:
+                    return t, batch, cpb, mem
+                smallest = min(smallest, mem)
+                if options.block is not None or cpb == (1, 1, 1):
+                    break
+                cpb = _shrink(cpb)
+            if tile or t_max <= info.divisor:
                 break
-            cpb = _shrink(cpb)
+            t_max = max(info.divisor, _round_up(t_max // 2, info.divisor))
     from volseg._report import human_bytes
 
     raise OptionError(
-        f"--memory-limit {human_bytes(options.memory_limit or 0)}: too small, one block needs about "
-        f"{human_bytes(smallest or 0)} per task in flight ({parallel} in flight); raise it, or lower --tile, "
-        f"--chunks or --workers"
+        f"--memory-limit {human_bytes(options.memory_limit or 0)}: too small, the smallest plan needs about "
+        f"{human_bytes(smallest * parallel + BASE_MEMORY)} ({parallel} block(s) in flight); raise it, or "
+        f"lower --chunks or --workers"
     )
 
 
@@ -818,12 +846,20 @@ def _check_identity(path: Path, identity: dict[str, Any]) -> Volume:
             f"pass --overwrite to replace it, or choose another output"
         )
     if prior != identity:
-        diffs = [f"{k} {prior.get(k)!r} -> {v!r}" for k, v in identity.items() if prior.get(k) != v]
+        diffs = [
+            f"{k} {_brief(prior.get(k))} -> {_brief(v)}" for k, v in identity.items() if prior.get(k) != v
+        ]
+        more = f"; and {len(diffs) - 3} more" if len(diffs) > 3 else ""
         raise OutputError(
-            f"{path}: exists from another run ({'; '.join(diffs)[:300]}); pass --overwrite to "
+            f"{path}: exists from another run ({'; '.join(diffs[:3])}{more}); pass --overwrite to "
             f"replace it, or choose another output"
         )
     return vol
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 28 else text[:12] + "..." + text[-12:]
 
 
 def _create_outputs(plan: Plan, info: _ModelInfo, source: Volume, options: PredictOptions) -> None:
@@ -1130,14 +1166,14 @@ def predict(
 def _registered(info: _ModelInfo, module: Any) -> Iterator[None]:
     """Share the model already loaded here with in-process tasks (threads, synchronous)."""
     with _MODELS_LOCK:
-        had = info.key in _MODELS
-        _MODELS.setdefault(info.key, module)
+        ours = [k for k in _MODELS if k[0] == info.key]
+        _MODELS.setdefault((info.key, None), module)
     try:
         yield
     finally:
-        if info.path is None and not had:
-            with _MODELS_LOCK:
-                _MODELS.pop(info.key, None)
+        with _MODELS_LOCK:
+            for k in [k for k in _MODELS if k[0] == info.key and k not in ours]:
+                del _MODELS[k]
 
 
 def _job(plan: Plan, info: _ModelInfo, options: PredictOptions, torch_threads: Any, catch: bool) -> Job:

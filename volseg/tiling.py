@@ -46,6 +46,7 @@ __all__ = [
     "halo_overhead",
     "parse_roi",
     "pad_indices",
+    "plan_overhead",
     "region",
     "resolve_roi",
     "source_window",
@@ -256,9 +257,26 @@ def window_overhead(inner: Sequence[int], tile: int, halo: int, divisor: int) ->
 
     Each tile of size ``n`` runs a window of ``n + 2 halo`` rounded up to ``divisor``.
     """
-    computed = 1
-    for length in inner:
-        computed *= sum(
-            -(-(n + 2 * halo) // divisor) * divisor for _, n in tile_starts(length, tile, divisor)
-        )
+    computed = math.prod(_computed(length, tile, halo, divisor) for length in inner)
     return computed / math.prod(inner)
+
+
+def plan_overhead(
+    extent: Sequence[int], block: Sequence[int], offset: Sequence[int], tile: int, halo: int, divisor: int
+) -> float:
+    """Pixels computed per output pixel over a whole plan of ``(Y, X)`` blocks.
+
+    ``extent`` is the output's ``(Y, X)``, ``block`` the block's, ``offset`` where the output
+    starts in the volume (the ROI); each block's inner region is first extended down to the
+    pooling grid (:func:`aligned_window`).
+    """
+    computed = 1
+    for n, b, o in zip(extent, block, offset, strict=True):
+        computed *= sum(
+            _computed(min(s + b, n) - s + (o + s) % divisor, tile, halo, divisor) for s in range(0, n, b)
+        )
+    return computed / math.prod(extent)
+
+
+def _computed(length: int, tile: int, halo: int, divisor: int) -> int:
+    return sum(-(-(n + 2 * halo) // divisor) * divisor for _, n in tile_starts(length, tile, divisor))
