@@ -1,0 +1,670 @@
+"""The 2-D / 2.5-D U-Net, its receptive field and halo, fast inference settings, and the model file.
+
+U-Net
+-----
+After Ronneberger et al. (2015), with 'same' padding (3 x 3 convolutions, padding 1) so that
+an input of ``(H, W)`` gives an output of ``(H, W)``; ``H`` and ``W`` must be multiples of
+``2**depth`` (:attr:`UNet.divisor`). 2.5-D models see ``2 * context + 1`` neighbouring sections
+as input channels and predict the middle one.
+
+Halo
+----
+Tiled inference equals whole-image inference when every tile's input window starts on the
+pooling grid and reaches as far as the theoretical receptive field (walked from the layers by
+:meth:`UNet.receptive_field_extent`). Because windows are grid-aligned, an inner pixel at
+pooling phase ``p`` already lies ``p`` px inside the window, so :attr:`UNet.halo` (96 px at
+depth 4) is below the receptive-field radius rounded up (112 px).
+
+Smaller halos are not safe: on ISBI 2012 sections a depth-4 / base-16 model trained for 150
+steps differs from its whole-section output by up to 0.011 in probability (0.048 in logits) at
+a halo of 80 px and by 0.09 at 64 px, and even a random-init model with calibrated batch-norm
+statistics by 0.0017 at 80 px; at 96 px both are identical (max difference 0.0). The effective
+receptive field of a trained U-Net is nearly its theoretical one.
+
+Model file
+----------
+One file written by :func:`save_model` with :func:`torch.save`, holding only tensors and plain
+data, so that ``torch.load(path, weights_only=True)`` loads it without running pickled code::
+
+    {"format": "volseg-model", "format_version": 1, "config": UNetConfig.to_dict(),
+     "normalization": {"mode": "meanstd", "mean": float, "std": float},
+     "foreground": [int, ...], "label_convention": str, "provenance": dict, "metrics": dict,
+     "train_config": dict, "extra": dict, "saved_with": {"volseg": str, "torch": str},
+     "training_state": dict | None, "state_dict": {name: tensor}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from volseg.errors import ModelError, OptionError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "PRECISIONS",
+    "UNet",
+    "UNetConfig",
+    "autocast_context",
+    "check_normalization",
+    "check_size",
+    "load_model",
+    "model_checksum",
+    "normalize",
+    "prepare_for_inference",
+    "read_model_file",
+    "resolve_device",
+    "resolve_precision",
+    "round_up",
+    "save_model",
+]
+
+FORMAT = "volseg-model"
+FORMAT_VERSION = 1
+NORMS = ("batch", "group", "instance", "none")
+UPSAMPLES = ("transpose", "bilinear")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+# ============================================================================ config
+@dataclass(frozen=True)
+class UNetConfig:
+    """Everything needed to rebuild a :class:`UNet`.
+
+    Parameters
+    ----------
+    context
+        Sections on each side of the predicted one that the model sees (2.5-D); the input has
+        ``in_channels = 2 * context + 1`` channels. 0 is a plain 2-D model.
+    out_channels
+        1 for a binary model (one logit, the positive class), or N >= 2 classes (softmax).
+    base_channels
+        Feature maps at full resolution; level ``l`` has ``base_channels * 2**l``.
+    depth
+        Number of 2 x 2 poolings; inputs must be multiples of ``2**depth``.
+    norm
+        ``"batch"`` (default), ``"group"``, ``"instance"`` or ``"none"``. Group and instance
+        norm compute statistics over the whole input window, so tiled inference with them
+        depends on the tile size; only ``"batch"`` (in eval mode) and ``"none"`` tile exactly.
+    dropout
+        Dropout2d probability at the end of the contracting path (as in the paper).
+    upsample
+        ``"transpose"`` (2 x 2 transposed convolution) or ``"bilinear"`` (bilinear x2 then 1 x 1).
+    convs_per_level
+        3 x 3 convolutions (each followed by norm and ReLU) per level.
+    """
+
+    context: int = 0
+    out_channels: int = 1
+    base_channels: int = 16
+    depth: int = 4
+    norm: str = "batch"
+    dropout: float = 0.0
+    upsample: str = "transpose"
+    convs_per_level: int = 2
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, field: str, fix: str) -> None:
+            if not ok:
+                raise OptionError(f"model {field}={getattr(self, field)!r}: {fix}")
+
+        ints = ("context", "out_channels", "base_channels", "depth", "convs_per_level")
+        for name in ints:
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool), name, "must be an integer")
+        need(self.context >= 0, "context", "use 0 (2-D) or more sections on each side")
+        need(self.out_channels >= 1, "out_channels", "use 1 (binary) or the number of classes")
+        need(self.base_channels >= 1, "base_channels", "use a positive number such as 16")
+        need(1 <= self.depth <= 8, "depth", "use 1..8 (4 is usual)")
+        need(self.convs_per_level >= 1, "convs_per_level", "use 1 or more (2 is usual)")
+        need(self.norm in NORMS, "norm", f"use one of {', '.join(NORMS)}")
+        need(self.upsample in UPSAMPLES, "upsample", f"use one of {', '.join(UPSAMPLES)}")
+        need(
+            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0, "dropout", "use 0 <= p < 1"
+        )
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels: ``2 * context + 1`` neighbouring sections."""
+        return 2 * self.context + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields, plus ``in_channels`` for readers of the file."""
+        return {**asdict(self), "in_channels": self.in_channels}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
+        """Inverse of :meth:`to_dict`; unknown keys and an inconsistent ``in_channels`` are errors."""
+        known = {f.name for f in fields(cls)}
+        data = dict(data)
+        in_channels = data.pop("in_channels", None)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise OptionError(f"model config: unknown keys {unknown}; known are {sorted(known)}")
+        config = cls(**data)
+        if in_channels is not None and in_channels != config.in_channels:
+            raise OptionError(
+                f"model config: in_channels={in_channels} does not match context={config.context} "
+                f"(in_channels = 2 * context + 1)"
+            )
+        return config
+
+
+# ============================================================================= U-Net
+def round_up(n: int, divisor: int) -> int:
+    """Smallest multiple of ``divisor`` that is >= ``n``."""
+    return -(-int(n) // divisor) * divisor
+
+
+def check_size(size: int, divisor: int, name: str = "input", allow_zero: bool = False) -> None:
+    """Raise :class:`OptionError` unless ``size`` is a positive (or zero) multiple of ``divisor``."""
+    if size < 0 or size % divisor or (size == 0 and not allow_zero):
+        lower = (size // divisor) * divisor
+        choices = (
+            f"{lower} or {lower + divisor}" if lower > 0 or (allow_zero and lower == 0) else f"{divisor}"
+        )
+        depth = divisor.bit_length() - 1
+        raise OptionError(f"{name} {size} is not a multiple of {divisor} (depth {depth}); use {choices}")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(channels, 8), channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return nn.Identity()
+
+
+class ConvBlock(nn.Sequential):
+    """``convs`` x (3 x 3 conv, padding 1 -> norm -> ReLU), optionally followed by Dropout2d."""
+
+    def __init__(self, cin: int, cout: int, config: UNetConfig, dropout: float = 0.0) -> None:
+        layers: list[nn.Module] = []
+        for i in range(config.convs_per_level):
+            layers += [
+                nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=config.norm == "none"),
+                _norm(config.norm, cout),
+                nn.ReLU(inplace=True),
+            ]
+        if dropout > 0:
+            layers.append(nn.Dropout2d(dropout))
+        super().__init__(*layers)
+
+
+def _upsampler(kind: str, cin: int) -> nn.Module:
+    if kind == "transpose":
+        return nn.ConvTranspose2d(cin, cin // 2, 2, stride=2)
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(cin, cin // 2, 1)
+    )
+
+
+class UNet(nn.Module):
+    """2-D U-Net with 'same' padding: ``(B, in_channels, H, W) -> (B, out_channels, H, W)`` logits.
+
+    ``H`` and ``W`` must be multiples of :attr:`divisor`.
+
+    Attributes
+    ----------
+    config
+        The :class:`UNetConfig` it was built from.
+    divisor
+        ``2**depth``; input sizes and tile window starts must be multiples of it.
+    receptive_field
+        Theoretical receptive field (px, per axis): the most input pixels along one axis that
+        one output pixel depends on.
+    rf_radius
+        The farthest (px) an input pixel that one output pixel depends on lies from it.
+    halo
+        The halo (px, a multiple of ``divisor``) with which tiled inference over grid-aligned
+        windows equals whole-image inference: the smallest multiple of ``divisor`` with
+        ``halo + p >= left[p]`` and ``halo + divisor - 1 - p >= right[p]`` for every phase ``p``
+        (see :meth:`receptive_field_extent`).
+    tile_exact
+        False for group / instance norm, whose statistics span the whole input window.
+    """
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or UNetConfig()
+        widths = [config.base_channels * 2**level for level in range(config.depth + 1)]
+        self.encoders = nn.ModuleList(
+            ConvBlock(config.in_channels if level == 0 else widths[level - 1], widths[level], config)
+            for level in range(config.depth)
+        )
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = ConvBlock(widths[-2], widths[-1], config, dropout=config.dropout)
+        self.ups = nn.ModuleList(
+            _upsampler(config.upsample, widths[level + 1]) for level in range(config.depth)
+        )
+        self.decoders = nn.ModuleList(
+            ConvBlock(2 * widths[level], widths[level], config) for level in range(config.depth)
+        )
+        self.head = nn.Conv2d(widths[0], config.out_channels, 1)
+        self.divisor = 2**config.depth
+        left, right = self.receptive_field_extent()
+        self.receptive_field = int((left + right).max()) + 1
+        self.rf_radius = int(max(left.max(), right.max()))
+        # Windows start on the pooling grid and the halo is a multiple of the divisor, so an inner
+        # pixel at phase p lies p px (p from the window's far end: divisor - 1 - p) inside the halo.
+        phase = np.arange(self.divisor)
+        reach = max(int((left - phase).max()), int((right - phase[::-1]).max()), 0)
+        self.halo = round_up(reach, self.divisor)
+        self.tile_exact = config.norm in ("batch", "none")
+
+    # ------------------------------------------------------------------ graph
+    def _graph(self, x: Any, apply: Callable[[nn.Module, Any], Any], cat: Callable[[Any, Any], Any]) -> Any:
+        """The U-Net's wiring, shared by :meth:`forward` (tensors) and the receptive-field walk."""
+        skips = []
+        for encoder in self.encoders:
+            x = apply(encoder, x)
+            skips.append(x)
+            x = apply(self.pool, x)
+        x = apply(self.bottleneck, x)
+        for level in reversed(range(self.config.depth)):
+            x = apply(self.decoders[level], cat(skips[level], apply(self.ups[level], x)))
+        return apply(self.head, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, H, W)`` -> ``(B, out_channels, H, W)`` logits."""
+        self.check_input_size(x.shape[-2], x.shape[-1])
+        return self._graph(x, lambda module, t: module(t), lambda a, b: torch.cat([a, b], dim=1))
+
+    # ------------------------------------------------------------------ sizes
+    def check_input_size(self, h: int, w: int, name: str = "input") -> None:
+        """Raise :class:`OptionError` unless ``h`` and ``w`` are positive multiples of :attr:`divisor`.
+
+        The message names the nearest valid sizes, e.g. ``tile 250 is not a multiple of 16
+        (depth 4); use 240 or 256``.
+        """
+        for size in dict.fromkeys((int(h), int(w))):
+            check_size(size, self.divisor, name)
+
+    # ------------------------------------------------------------ receptive field
+    def receptive_field_extent(self) -> tuple[np.ndarray, np.ndarray]:
+        """Walk the layers to find the theoretical receptive field along one axis, per pooling phase.
+
+        Every layer's footprint is a rectangle, so each axis can be walked alone: each feature
+        of a 1-D signal carries the interval of input pixels it depends on, and each layer maps
+        those intervals the way it maps values (:func:`_span`). The intervals of ``divisor``
+        consecutive output pixels far from the borders, starting on the pooling grid, cover
+        every phase.
+
+        Returns
+        -------
+        (left, right)
+            Integer arrays of length ``divisor``: for an output pixel at phase ``p`` (its index
+            modulo ``divisor``), how far left and right the input pixels it depends on reach.
+        """
+        n = 64 * self.divisor
+        while True:
+            index = np.arange(n)
+            lo, hi = self._graph(
+                (index, index), _span, lambda a, b: (np.minimum(a[0], b[0]), np.maximum(a[1], b[1]))
+            )
+            mid = np.arange(n // 2, n // 2 + self.divisor)
+            if lo[mid].min() > 0 and hi[mid].max() < n - 1:  # untouched by the borders
+                return mid - lo[mid], hi[mid] - mid
+            n *= 2
+
+
+Interval = tuple[np.ndarray, np.ndarray]
+
+
+def _gather(iv: Interval, sources: list[np.ndarray]) -> Interval:
+    """Union of the intervals at the given source indices (out-of-range sources are padding)."""
+    lo, hi = iv
+    n = len(lo)
+    out_lo = np.full(len(sources[0]), np.iinfo(np.int64).max)
+    out_hi = np.full(len(sources[0]), np.iinfo(np.int64).min)
+    for src in sources:
+        ok = (src >= 0) & (src < n)
+        out_lo[ok] = np.minimum(out_lo[ok], lo[src[ok]])
+        out_hi[ok] = np.maximum(out_hi[ok], hi[src[ok]])
+    return out_lo, out_hi
+
+
+def _span(module: nn.Module, iv: Interval) -> Interval:
+    """Map per-feature input intervals through ``module`` along one spatial axis."""
+    n = len(iv[0])
+    if isinstance(module, nn.Sequential):
+        for child in module:
+            iv = _span(child, iv)
+        return iv
+    if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
+        k, s, p, d = (
+            v if isinstance(v, int) else v[0]
+            for v in (module.kernel_size, module.stride, module.padding, module.dilation)
+        )
+        n_out = (n + 2 * p - d * (k - 1) - 1) // s + 1
+        o = np.arange(n_out)
+        return _gather(iv, [o * s - p + t * d for t in range(k)])
+    if isinstance(module, nn.ConvTranspose2d):
+        (k, s, p) = module.kernel_size[0], module.stride[0], module.padding[0]
+        o = np.arange((n - 1) * s - 2 * p + k)
+        # output o receives input i through tap t where o + p = i * s + t
+        return _gather(iv, [np.where((o + p - t) % s == 0, (o + p - t) // s, -1) for t in range(k)])
+    if isinstance(module, nn.Upsample):
+        scale = int(
+            module.scale_factor if not isinstance(module.scale_factor, tuple) else module.scale_factor[0]
+        )
+        o = np.arange(n * scale)
+        if module.mode == "nearest":
+            return _gather(iv, [o // scale])
+        src = np.maximum((o + 0.5) / scale - 0.5, 0.0)  # bilinear, align_corners=False
+        i0 = np.floor(src).astype(np.int64)
+        i1 = np.where(src > i0, np.minimum(i0 + 1, n - 1), i0)
+        return _gather(iv, [i0, i1])
+    # norm, activation, dropout, identity: pointwise along the spatial axes (see UNetConfig.norm)
+    return iv
+
+
+# ==================================================================== fast inference
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """``"auto"`` -> cuda, then mps, then cpu; anything else is passed to :class:`torch.device`."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError(
+            f"device {device!r} is not a torch device; use cpu, cuda, cuda:1, mps or auto"
+        ) from None
+
+
+def _cpu_bf16_is_fast() -> bool:
+    for probe in (
+        lambda: torch.cpu._is_avx512_bf16_supported(),
+        lambda: torch.cpu._is_amx_tile_supported(),
+        lambda: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+    ):
+        with contextlib.suppress(Exception):
+            if probe():
+                return True
+    return False
+
+
+def resolve_precision(device: str | torch.device, precision: str = "auto") -> str:
+    """Resolve ``precision`` (auto | bf16 | fp16 | fp32) for ``device`` to bf16, fp16 or fp32.
+
+    ``auto``: on CPU bf16 where the processor has native bf16 (AVX512-BF16 or AMX), else fp32;
+    on CUDA bf16 where supported, else fp16; on MPS fp16.
+    """
+    if precision not in PRECISIONS:
+        raise OptionError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    kind = resolve_device(device).type
+    if kind == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if kind == "mps":
+        return "fp16"
+    return "bf16" if kind == "cpu" and _cpu_bf16_is_fast() else "fp32"
+
+
+def autocast_context(
+    device: str | torch.device, precision: str = "auto"
+) -> contextlib.AbstractContextManager:
+    """Autocast for ``device`` at ``precision`` (resolved by :func:`resolve_precision`); a no-op for fp32."""
+    resolved = resolve_precision(device, precision)
+    if resolved == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if resolved == "bf16" else torch.float16
+    return torch.autocast(device_type=resolve_device(device).type, dtype=dtype)
+
+
+def prepare_for_inference(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
+    """Move ``model`` to ``device`` in channels_last memory format and eval mode (in place; returned).
+
+    On the 2-core development CPU (base 16, depth 4, 512 x 512, 2 threads) the forward runs at
+    1.1 Mvox/s in fp32, 1.6 in fp32 channels_last and 3.6 in bf16 autocast channels_last.
+    Precision is applied per call by :func:`autocast_context`.
+    """
+    return model.to(device=resolve_device(device), memory_format=torch.channels_last).eval()
+
+
+# ===================================================================== normalisation
+def check_normalization(normalization: Any) -> dict[str, Any]:
+    """Validate and return ``{"mode": "meanstd", "mean": float, "std": float}`` (std > 0)."""
+    ok = (
+        isinstance(normalization, dict)
+        and normalization.get("mode") == "meanstd"
+        and all(isinstance(normalization.get(k), (int, float)) for k in ("mean", "std"))
+        and math.isfinite(normalization["mean"])
+        and math.isfinite(normalization["std"])
+        and normalization["std"] > 0
+    )
+    if not ok:
+        raise OptionError(
+            f"normalization {normalization!r}: write {{'mode': 'meanstd', 'mean': M, 'std': S}} with S > 0"
+        )
+    return {"mode": "meanstd", "mean": float(normalization["mean"]), "std": float(normalization["std"])}
+
+
+def normalize(array: Any, normalization: dict[str, Any]) -> Any:
+    """Apply the model's input normalisation: ``(float32(x) - mean) / std``, as float32.
+
+    Works on numpy and dask arrays alike (elementwise); the shape is unchanged.
+    """
+    norm = check_normalization(normalization)
+    return (array.astype(np.float32) - np.float32(norm["mean"])) / np.float32(norm["std"])
+
+
+# ======================================================================== model file
+_LEAF_TYPES = (str, int, float, bool)
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """Copy of ``obj`` made only of what ``weights_only`` loading accepts (numpy -> python / tensors)."""
+    if obj is None or type(obj) in _LEAF_TYPES or isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    for kind in (int, float, str):  # subclasses (IntEnum, torch's TorchVersion) are not plain data
+        if isinstance(obj, kind):
+            return kind(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, dict):
+        return {_plain(k, where): _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    raise OptionError(
+        f"model file: {where} is a {type(obj).__name__}; store only tensors, numpy arrays, dicts, lists, "
+        f"str, int, float, bool or None"
+    )
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: UNet,
+    *,
+    normalization: dict[str, Any],
+    foreground: list[int],
+    label_convention: str,
+    provenance: dict[str, Any],
+    metrics: dict[str, Any],
+    train_config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    training_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a model (or a training checkpoint) to one file, atomically.
+
+    The file is written to a temporary name in the same folder, fsynced, then renamed over
+    ``path``, so a reader sees either the old file or the complete new one.
+
+    Parameters
+    ----------
+    path
+        The file to write (conventionally ``*.pt``).
+    model
+        The :class:`UNet`; its config and weights (moved to CPU, contiguous) are stored.
+    normalization
+        ``{"mode": "meanstd", "mean": float, "std": float}``, see :func:`normalize`.
+    foreground
+        Label values of the positive class (binary) in the training labels.
+    label_convention
+        Free text saying what the output means, e.g. ``"membrane=1 (labels == 0)"``.
+    provenance, metrics, train_config, extra
+        Plain data (dicts, lists, str, numbers, bool, None; numpy scalars and arrays are converted).
+    training_state
+        Optional state to resume training (optimizer and scheduler state dicts, step, RNG states
+        as tensors / lists / dicts of ints); stored under ``"training_state"``, same rules.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    from volseg import __version__
+
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "normalization": check_normalization(normalization),
+        "foreground": [int(v) for v in foreground],
+        "label_convention": str(label_convention),
+        "provenance": _plain(provenance, "provenance"),
+        "metrics": _plain(metrics, "metrics"),
+        "train_config": _plain(train_config, "train_config"),
+        "extra": _plain(extra or {}, "extra"),
+        "saved_with": {"volseg": __version__, "torch": str(torch.__version__)},
+        "training_state": _plain(training_state, "training_state"),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # make the rename durable; not possible on every platform
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and check a model file without building the model (tensors on CPU).
+
+    Returns the whole stored dict, ``state_dict`` and ``training_state`` included (what a
+    resumed training run needs). Raises :class:`ModelError` with one line for a missing path,
+    a folder, a file that is not a volseg model (a random file, a plain state_dict), a newer
+    format version, or a file holding pickled code, which is refused without being run.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model {path}: no such file; pass the .pt file written by 'volseg train'")
+    if path.is_dir():
+        raise ModelError(
+            f"model {path}: is a folder, not a model file; pass the .pt file written by 'volseg train'"
+        )
+    if path.stat().st_size == 0:
+        raise ModelError(f"model {path}: the file is empty; pass the .pt file written by 'volseg train'")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch wraps the restricted unpickler's reason in a long advice text; keep the reason
+        reason = (str(exc).rpartition("WeightsUnpickler error:")[2].strip().splitlines() or [""])[0]
+        unsafe = re.search(r"GLOBAL (\S+)", reason)
+        if unsafe:
+            raise ModelError(
+                f"model {path}: refused, it holds pickled code or objects ({unsafe.group(1)}) that volseg "
+                f"does not run; use a model written by 'volseg train'"
+            ) from None
+        raise ModelError(f"model {path}: not a volseg model file ({reason[:120]})") from None
+    except (
+        RuntimeError,
+        OSError,
+        EOFError,
+        ValueError,
+        zipfile.BadZipFile,
+        AttributeError,
+        TypeError,
+    ) as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise ModelError(f"model {path}: not a volseg model file ({type(exc).__name__}: {reason})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        what = (
+            "a plain state_dict or other checkpoint" if isinstance(data, dict) else f"a {type(data).__name__}"
+        )
+        raise ModelError(
+            f"model {path}: not a volseg model file (it holds {what}); use a model written by 'volseg train'"
+        )
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelError(
+            f"model {path}: format version {version!r} is not supported; this volseg reads version "
+            f"{FORMAT_VERSION} (upgrade volseg for newer files)"
+        )
+    return data
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> UNet:
+    """Load a model file written by :func:`save_model`, without running pickled code.
+
+    Returns
+    -------
+    UNet
+        In eval mode on ``device``, rebuilt from the stored config, with ``.volseg_meta``: the
+        stored dict without ``state_dict`` and ``training_state`` (normalization, foreground,
+        label_convention, provenance, metrics, train_config, extra, ...).
+
+    Raises
+    ------
+    ModelError
+        See :func:`read_model_file`; also when the config or the weights do not fit.
+    """
+    data = read_model_file(path)
+    try:
+        model = UNet(UNetConfig.from_dict(data["config"]))
+        model.load_state_dict(data["state_dict"], strict=True)
+        check_normalization(data.get("normalization"))
+    except (OptionError, KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelError(
+            f"model {path}: damaged or inconsistent ({str(exc).splitlines()[0][:200]})"
+        ) from None
+    model.volseg_meta = {k: v for k, v in data.items() if k not in ("state_dict", "training_state")}
+    return model.to(resolve_device(device)).eval()
+
+
+def model_checksum(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of the model file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
