@@ -77,6 +77,22 @@ def test_add_one_through_the_tiler_is_exact(tmp_path, odd, chunks, block, roi, t
     assert result.status == "complete" and result.blocks_failed == 0
 
 
+def test_tta_and_float16_output(tmp_path, odd):
+    img, image = odd
+    predict(
+        AddOne(divisor=16, halo=16),
+        image,
+        tmp_path / "t.zarr",
+        roi="0:2,0:150,0:99",
+        tta=True,
+        tile=64,
+        **{**EXACT, "dtype": "float16"},
+    )
+    out = read(tmp_path / "t.zarr")
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out, (img[:2, :150, :99].astype(np.float32) + 1).astype(np.float16))
+
+
 def test_z_context_is_mirrored_like_the_reference(tmp_path, odd):
     img, image = odd
     predict(AddOne(divisor=4, halo=4, context=2), image, tmp_path / "o.zarr", chunks=(2, 200, 200), **EXACT)
@@ -201,7 +217,9 @@ def test_output_metadata_threshold_mask_and_api(tmp_path, em):
 def test_memory_limit_and_dry_run_plan(tmp_path, em):
     big = plan_prediction(em["model"], em["image"], tmp_path / "p.zarr", chunks=(1, 32, 32))
     limit = big.memory_total - 1
-    small = plan_prediction(em["model"], em["image"], tmp_path / "p.zarr", chunks=(1, 32, 32), memory_limit=limit)
+    small = plan_prediction(
+        em["model"], em["image"], tmp_path / "p.zarr", chunks=(1, 32, 32), memory_limit=limit
+    )
     assert small.memory_total <= limit < big.memory_total
     assert small.block_shape < big.block_shape or small.tile < big.tile
     with pytest.raises(OptionError, match="--memory-limit .* too small"):

@@ -370,7 +370,7 @@ _MODELS: dict[tuple[str, str | None], Any] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def _model_info(model: Any, device: str) -> tuple[_ModelInfo, Any]:
+def _model_info(model: Any) -> tuple[_ModelInfo, Any]:
     """Load (or accept) the model, check it, and name it by checksum."""
     from volseg.model import load_model, model_checksum
 
@@ -463,6 +463,8 @@ def _volume(path: str, mode: str, run_id: str) -> Volume:
     key = (path, f"{mode}:{run_id}")
     vol = _VOLUMES.get(key)
     if vol is None:
+        for old in [k for k in _VOLUMES if not k[1].endswith(run_id)]:  # earlier runs' volumes
+            _VOLUMES.pop(old, None)
         vol = _VOLUMES[key] = open_volume(path, mode=mode)
     return vol
 
@@ -651,7 +653,7 @@ def plan_prediction(
 def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Plan, Any]:
     from volseg.model import resolve_device, resolve_precision
 
-    info, module = _model_info(model, options.device)
+    info, module = _model_info(model)
     source = open_volume(image)  # InputError: missing / not a volume
     tile, halo = _check_tile_halo(options, info)
     roi = _resolve_roi(options, source.shape)
