@@ -716,7 +716,9 @@ def predict_cmd(
     halo: Annotated[
         int | None, typer.Option(help="Context (px) on each side of a tile; default: the model's.")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Tiles per forward pass. [default: 4]")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Tiles per forward pass; default 1 on CPU, 4 on a GPU.")
+    ] = None,
     precision: Annotated[
         Precision, typer.Option(help="auto = bf16 where the hardware has it.")
     ] = Precision.auto,
