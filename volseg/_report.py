@@ -54,3 +54,33 @@ def print_info(data: dict[str, Any]) -> None:
     for k, v in rows:
         t.add_row(k, str(v))
     console.print(t)
+
+
+def print_demo_summary(summary: dict[str, Any]) -> None:
+    """Where each output is, the scores, and the time each stage took."""
+    t = Table(title="volseg demo", show_header=True)
+    t.add_column("stage")
+    t.add_column("seconds", justify="right")
+    for stage, secs in summary["seconds"].items():
+        t.add_row(stage, f"{secs:.1f}")
+    t.add_row("total", f"{sum(summary['seconds'].values()):.1f}", style="bold")
+    console.print(t)
+    scores = summary.get("scores", {})
+    prob, cells = scores.get("probabilities", {}), scores.get("cells", {})
+    s = Table(title=f"scores on held-out sections {scores.get('sections', '')}", show_header=True)
+    s.add_column("what")
+    s.add_column("value", justify="right")
+    for key in ("pixel_error", "dice", "v_rand", "v_info"):
+        if isinstance(prob.get(key), (int, float)):
+            s.add_row(f"membrane probabilities: {key}", f"{prob[key]:.4f}")
+    for key in ("adapted_rand_error", "voi_split", "voi_merge"):
+        if isinstance(cells.get(key), (int, float)):
+            s.add_row(f"cells: {key}", f"{cells[key]:.4f}")
+    train = summary.get("train", {})
+    if train:
+        s.add_row("training steps", str(train.get("steps")))
+    console.print(s)
+    o = Table(title="outputs", show_header=False, box=None)
+    for name, path in summary["outputs"].items():
+        o.add_row(name, path)
+    console.print(o)
