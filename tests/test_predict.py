@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -257,6 +258,11 @@ def test_rerun_resumes_and_mismatched_rerun_is_refused(tmp_path, em):
         predict(em["model"], em["image"], em["image"])
     redone = predict(other, em["image"], out, chunks=(1, 75, 85), overwrite=True)
     assert redone.blocks_written > 0 and open_volume(out).complete
+    # a mask left by another run is refused too, even when the probabilities are gone
+    predict(em["model"], em["image"], tmp_path / "q.zarr", threshold=0.5, roi="0:1,:,:")
+    shutil.rmtree(tmp_path / "q.zarr")
+    with pytest.raises(OutputError, match="q-mask.zarr: exists from another run.*threshold"):
+        predict(em["model"], em["image"], tmp_path / "q.zarr", threshold=0.7, roi="0:1,:,:")
 
 
 def test_failed_blocks_are_retried_reported_and_not_marked_done(tmp_path):

@@ -730,6 +730,8 @@ def _size_blocks(
     shrinking the block's depth, then its extent, then (unless ``--tile``) the tile, then
     (on a GPU, unless ``--batch-size``) the batch.
     """
+    from volseg.model import round_up
+
     gpu = device not in ("cpu", "mps")
     default = 4 if gpu else 1
     batches = [options.batch_size] if options.batch_size else ([8, 4, 2, 1] if gpu else [1])
@@ -743,7 +745,7 @@ def _size_blocks(
             cpb = _grouping(out_shape, chunks, options.block, t_max, batch)
             while True:
                 block_shape = [min(c * k, s) for c, k, s in zip(chunks, cpb, out_shape, strict=True)]
-                t = tile or min(t_max, _round_up(max(block_shape[1:]), info.divisor))
+                t = tile or min(t_max, round_up(max(block_shape[1:]), info.divisor))
                 mem = estimate_memory(block_shape, t, halo, batch, info, precision, itemsize)
                 if mem <= budget:
                     return t, batch, cpb, mem
@@ -753,7 +755,7 @@ def _size_blocks(
                 cpb = _shrink(cpb)
             if tile or t_max <= info.divisor:
                 break
-            t_max = max(info.divisor, _round_up(t_max // 2, info.divisor))
+            t_max = max(info.divisor, round_up(t_max // 2, info.divisor))
     from volseg._report import human_bytes
 
     raise OptionError(
@@ -770,10 +772,6 @@ def _shrink(cpb: tuple[int, int, int]) -> tuple[int, int, int]:
     if ky >= kx and ky > 1:
         return (kz, ky // 2, kx)
     return (kz, ky, max(1, kx // 2))
-
-
-def _round_up(n: int, d: int) -> int:
-    return -(-n // d) * d
 
 
 def _identity(
@@ -821,14 +819,18 @@ def _settings(
 def _existing_done(
     out: Path, mask: Path | None, identity: dict[str, Any], overwrite: bool
 ) -> set[tuple[int, ...]]:
-    """Chunks already done by an identical earlier run; refuse an output from another run."""
-    if overwrite or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    """Chunks already done by an identical earlier run; refuse an output from another run.
+
+    With a mask, a chunk is done only when both volumes have it.
+    """
+    if overwrite:
         return set()
-    vol = _check_identity(out, identity)
-    done = vol.done_blocks()
-    if mask is not None:
-        done &= _check_identity(mask, identity).done_blocks() if mask.exists() else set()
-    return done
+    done: set[tuple[int, ...]] | None = None
+    for path in [out] + ([mask] if mask else []):
+        empty = not path.exists() or (path.is_dir() and not any(path.iterdir()))
+        blocks = set() if empty else _check_identity(path, identity).done_blocks()
+        done = blocks if done is None else done & blocks
+    return done or set()
 
 
 def _check_identity(path: Path, identity: dict[str, Any]) -> Volume:
