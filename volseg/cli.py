@@ -351,7 +351,7 @@ def train_cmd(
     lr: Annotated[float | None, _opt("Peak learning rate (AdamW). [default: 0.001]")] = None,
     weight_decay: Annotated[float | None, _opt("AdamW weight decay. [default: 0.0001]")] = None,
     warmup_steps: Annotated[
-        int | None, _opt("Linear warm-up steps, then cosine decay. [default: 100]")
+        int | None, _opt("Warm-up steps (at most a tenth of the run), then cosine decay. [default: 100]")
     ] = None,
     augment: Annotated[AugmentPreset | None, _opt("Augmentation preset. [default: default]")] = None,
     augment_prob: Annotated[
@@ -374,7 +374,7 @@ def train_cmd(
         _opt("auto: bf16 where the hardware has it, else fp32 (fp16 on GPUs). [default: auto]"),
     ] = None,
     workers: Annotated[
-        int | None, _opt("Data-loading processes; -1 chooses (0 on CPU). [default: -1]")
+        int | None, _opt("Data-loading processes; -1 chooses (1-2 on CPU, up to 8 with a GPU). [default: -1]")
     ] = None,
     seed: Annotated[int | None, _opt("Seed of the model and of every patch. [default: 0]")] = None,
     val_every: Annotated[int | None, _opt("Validate and checkpoint every N steps. [default: 200]")] = None,

@@ -136,7 +136,7 @@ class TrainConfig:
         Length of the run: a number of steps, a wall-clock budget (``"20m"``, ``"1h30m"``,
         seconds), or both (whichever ends first). Neither: :data:`DEFAULT_STEPS`.
     lr, weight_decay, warmup_steps
-        AdamW; linear warm-up over ``warmup_steps``, then cosine decay to 0 over the run.
+        AdamW; linear warm-up (``warmup_steps`` or a tenth of the run), then cosine decay to 0.
     augment, augment_prob
         Preset (``none``, ``light``, ``default``, ``heavy``) and per-transform probabilities
         ``"elastic=0.5,noise=0"`` (see :mod:`volseg.augment`).
@@ -148,7 +148,7 @@ class TrainConfig:
     device, precision
         ``auto`` | ``cpu`` | ``cuda`` | ``mps`` (or ``cuda:1``); ``auto`` | ``bf16`` | ``fp16`` | ``fp32``.
     workers
-        DataLoader worker processes; ``-1`` chooses (0 on CPU, up to 8 on a GPU).
+        DataLoader worker processes; ``-1`` chooses (one or two on CPU, up to 8 with a GPU).
     seed
         Seeds the model initialisation and every patch.
     val_every
@@ -593,11 +593,13 @@ def loss_function(kind: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tens
 
 
 def lr_factor(step: int, progress: float, warmup_steps: int) -> float:
-    """Learning-rate multiplier: linear warm-up over ``warmup_steps``, then a cosine from 1 to 0.
+    """Learning-rate multiplier: a linear warm-up, then a cosine from 1 to 0 over the run.
 
-    ``progress`` is the fraction of the run done (steps, or time budget used).
+    ``progress`` is the fraction of the run done (of its steps, or of its time budget). The
+    warm-up ends after ``warmup_steps`` steps or a tenth of the run, whichever comes first, so
+    that short runs still spend most of their time at a useful learning rate.
     """
-    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    warm = min(1.0, max((step + 1) / warmup_steps, 10.0 * progress)) if warmup_steps > 0 else 1.0
     return warm * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
@@ -757,9 +759,12 @@ def _worker_init(worker_id: int) -> None:
 def _auto_workers(config: TrainConfig, device: torch.device) -> int:
     if config.workers >= 0:
         return config.workers
+    cores = os.cpu_count() or 2
     if device.type == "cpu":
-        return 0  # measured in benchmarks/train.py: data waiting is a few % in-process on CPU
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+        # benchmarks/train.py, 2 cores: in-process loading waits ~4 % of the step, one or two
+        # workers < 1 % at the same steps/s; two workers feed far more patches than a CPU trains on
+        return max(0, min(2, cores - 1))
+    return max(1, min(8, cores - 1))
 
 
 def _json_default(obj: Any) -> Any:
@@ -904,12 +909,6 @@ class Trainer:
             parts.append(self.elapsed / c.time_limit_seconds)
         return max(parts)
 
-    @property
-    def warmup_steps(self) -> int:
-        """``warmup_steps``, but at most a tenth of a run counted in steps (short runs still decay)."""
-        c = self.config
-        return c.warmup_steps if c.steps is None else min(c.warmup_steps, c.steps // 10)
-
     # ------------------------------------------------------------ data
     def loader(self) -> torch.utils.data.DataLoader:
         c, d = self.config, self.data
@@ -950,7 +949,7 @@ class Trainer:
         y = batch["target"].to(self.device, non_blocking=True)
         w = batch["weight"].to(self.device, non_blocking=True) if "weight" in batch else None
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr * lr_factor(self.step, self.progress(), self.warmup_steps)
+            group["lr"] = self.config.lr * lr_factor(self.step, self.progress(), self.config.warmup_steps)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.precision):
             logits = self.model(x)
