@@ -17,9 +17,18 @@ from typer.testing import CliRunner
 
 from volseg.cli import app
 from volseg.errors import OptionError, OutputError
+from volseg.inference import InferOptions, infer_image
 from volseg.model import load_model, read_model_file
 from volseg.synth import synth_block
-from volseg.train import TrainConfig, TrainingInterrupted, load_config_file, lr_factor, parse_duration, train
+from volseg.train import (
+    TrainConfig,
+    TrainingInterrupted,
+    load_config_file,
+    lr_factor,
+    parse_duration,
+    train,
+    validation_metrics,
+)
 from volseg.volume import create_volume
 
 runner = CliRunner()
@@ -88,6 +97,10 @@ def test_loss_falls_and_dice_beats_the_trivial_baseline(data, tmp_path):
     assert meta["foreground"] == [0] and meta["normalization"]["mode"] == "meanstd"
     assert meta["train_config"]["steps"] == 80 and "membrane probability = p" in meta["label_convention"]
     assert 0.0 <= result.data_wait_fraction < 1.0 and result.steps_per_second > 0
+    # validation scores what predict gives: the best model through infer_image on the held-out sections
+    image, _, _ = synth_block(SHAPE, seed=3)
+    prob = infer_image(model, image[6:8], InferOptions(precision="fp32"), meta["normalization"])
+    assert validation_metrics(prob, membranes[6:8] == 0, "boundary") == result.metrics
 
 
 # ------------------------------------------------------------------ exact resume
@@ -301,3 +314,15 @@ def test_bad_input_is_one_line_exit_2(data, tmp_path):
     assert "--time-limit" in bad([img, lab, "-o", out, "--time-limit", "soon"])
     assert "--augment-prob" in bad([img, lab, "-o", out, "--augment-prob", "wobble=1"])
     assert not Path(out).exists()
+
+
+def test_validation_metrics_read_boundaries_and_objects():
+    _, _, membranes = synth_block((2, 64, 64), seed=1)
+    membrane = membranes == 0
+    perfect = validation_metrics(membrane.astype(np.float32), membrane, "boundary")
+    assert perfect["v_rand"] == perfect["v_info"] == perfect["dice"] == 1.0 and perfect["pixel_error"] == 0.0
+    cells = ~membrane  # the same truth, with the cells as the positive class
+    objects = validation_metrics(cells.astype(np.float32), cells, "object")
+    assert objects["v_rand"] == objects["v_info"] == 1.0
+    inverted = validation_metrics(cells.astype(np.float32), membrane, "boundary")
+    assert inverted["pixel_error"] == 1.0 and inverted["v_rand"] < 0.5

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from volseg.augment import AugmentConfig
 from volseg.errors import InputError, OptionError, OutputError
-from volseg.inference import PAD_MODE, InferOptions, infer_padded
+from volseg.inference import PAD_MODE, InferOptions, infer_padded, pad_block
 from volseg.model import (
     UNet,
     UNetConfig,
@@ -647,22 +647,21 @@ class Validator:
         self.options = InferOptions(tile=512, batch_size=4, precision=precision, device=str(device))
         nz = data.image.shape[0]
         c = config.context
-        self.blocks: list[tuple[np.ndarray, int, int]] = []  # (raw sections with context, z0, z1)
+        self.blocks: list[np.ndarray] = []  # runs of held-out sections with c real (or mirrored) neighbours
         for z0, z1 in _runs(self.sections):
             lo, hi = max(0, z0 - c), min(nz, z1 + c)
             raw = np.asarray(data.image[lo:hi])
-            raw = np.pad(raw, ((c - (z0 - lo), c - (hi - z1)), (0, 0), (0, 0)), mode=PAD_MODE)
-            self.blocks.append((raw, z0, z1))
+            self.blocks.append(np.pad(raw, ((c - (z0 - lo), c - (hi - z1)), (0, 0), (0, 0)), mode=PAD_MODE))
         self.positive = positive_mask(
             np.stack([np.asarray(data.labels[z]) for z in self.sections]), config.foreground
         )
 
     def __call__(self, model: UNet) -> dict[str, float]:
         halo = int(model.halo)
-        probs = []
-        for raw, _, _ in self.blocks:
-            padded = np.pad(raw, ((0, 0), (halo, halo), (halo, halo)), mode=PAD_MODE)
-            probs.append(infer_padded(model, padded, halo, self.options, self.normalization))
+        probs = [
+            infer_padded(model, pad_block(raw, halo), halo, self.options, self.normalization)
+            for raw in self.blocks
+        ]
         return validation_metrics(np.concatenate(probs), self.positive, self.kind)
 
 
