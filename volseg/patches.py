@@ -40,6 +40,7 @@ from volseg.augment import AugmentConfig, Augmenter
 from volseg.errors import InputError, OptionError
 from volseg.inference import PAD_MODE
 from volseg.model import normalize
+from volseg.tiling import pad_indices
 from volseg.weights import border_weights, instances_from_mask
 
 __all__ = [
@@ -248,7 +249,7 @@ def intensity_stats(
 
 def context_sections(z: int, context: int, n: int) -> NDArray[np.intp]:
     """Sections ``z - context .. z + context`` of ``n``, mirrored beyond the ends as inference pads them."""
-    return np.pad(np.arange(n), context, mode=PAD_MODE)[z : z + 2 * context + 1]
+    return pad_indices(z - context, z + context + 1, n, PAD_MODE)
 
 
 # ============================================================================== reading
