@@ -18,6 +18,7 @@ is done the stage sets ``volseg.status = "complete"``; until then it is
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import itertools
 import json
 import os
@@ -26,14 +27,16 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from volseg.errors import InputError, OptionError, OutputError
+
+if TYPE_CHECKING:  # dask.array costs ~20 MB and 0.3 s to import: only when a dask view is asked for
+    import dask.array as da
 
 __all__ = [
     "CODECS",
@@ -111,7 +114,8 @@ def _codec_name(array: zarr.Array) -> str:
 
 # ----------------------------------------------------------------------- provenance
 def _versions() -> dict[str, str]:
-    import dask
+    from importlib.metadata import version
+
     import tifffile
 
     from volseg import __version__
@@ -119,7 +123,7 @@ def _versions() -> dict[str, str]:
     return {
         "volseg": __version__,
         "zarr": zarr.__version__,
-        "dask": dask.__version__,
+        "dask": version("dask"),
         "tifffile": tifffile.__version__,
         "numpy": np.__version__,
         "python": sys.version.split()[0],
@@ -168,13 +172,14 @@ def _grid(shape: Sequence[int], block: Sequence[int]) -> tuple[int, ...]:
     return tuple(-(-s // b) for s, b in zip(shape, block))
 
 
-def _ome_attrs(name: str, unit: str, levels: Sequence[tuple[str, Sequence[float]]], kind: str) -> dict[str, Any]:
+def _ome_attrs(name: str, unit: str | None, levels: Sequence[tuple[str, Sequence[float]]], kind: str) -> dict[str, Any]:
     ome: dict[str, Any] = {
         "version": NGFF_VERSION,
         "multiscales": [
             {
                 "name": name,
-                "axes": [{"name": a, "type": "space", "unit": unit} for a in AXES],
+                # No unit at all (NGFF allows that) when the physical size is unknown.
+                "axes": [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in AXES],
                 "datasets": [
                     {"path": path, "coordinateTransformations": [{"type": "scale", "scale": [float(v) for v in scale]}]}
                     for path, scale in levels
@@ -204,9 +209,10 @@ class Volume:
     group: zarr.Group
 
     # ---- arrays and metadata
-    @property
+    @functools.cached_property
     def array(self) -> zarr.Array:
         """Full-resolution array ``0``, shape ``(Z, Y, X)``."""
+        # Cached: opening reads its metadata from the store, and every block write asks for it.
         return self.group["0"]
 
     def level(self, n: int) -> zarr.Array:
@@ -223,9 +229,13 @@ class Volume:
     @property
     def data(self) -> da.Array:
         """Lazy dask view of level 0, chunked like the stored array."""
+        import dask.array as da
+
         return da.from_zarr(self.array)
 
     def to_dask(self, level: int = 0, chunks: Any = None) -> da.Array:
+        import dask.array as da
+
         arr = self.level(level)
         return da.from_zarr(arr, chunks=chunks or arr.chunks)
 
@@ -307,9 +317,10 @@ class Volume:
         if not self._done_dir.is_dir():
             return set()
         done = set()
+        ndim = len(self.shape)
         for name in os.listdir(self._done_dir):
             parts = name.split(".")
-            if len(parts) == len(self.shape) and all(p.isdigit() for p in parts):
+            if len(parts) == ndim and all(p.isdigit() for p in parts):
                 done.add(tuple(int(p) for p in parts))
         return done
 
@@ -422,7 +433,7 @@ def create_volume(
     *,
     codec: str | None = DEFAULT_CODEC,
     voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
-    unit: str = "nanometer",
+    unit: str | None = "nanometer",
     shards: Sequence[int] | None = None,
     kind: str = "image",
     overwrite: bool = False,
@@ -443,7 +454,7 @@ def create_volume(
     codec
         See :func:`parse_codec`.
     voxel_size, unit
-        Physical size of a voxel ``(z, y, x)``.
+        Physical size of a voxel ``(z, y, x)``; ``unit=None`` writes no unit (physical size unknown).
     shards
         Optional shard shape (a multiple of ``chunks``), for volumes with very many chunks.
     kind
