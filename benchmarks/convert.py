@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -37,9 +36,11 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _doc import write_doc_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "convert.json"
-DOC = ROOT / "docs" / "benchmarks.md"
 
 NAIVE = """
 import json, sys
@@ -160,20 +161,6 @@ def import_rss_mb() -> float:
     return run_child([sys.executable, "-c", code])["peak_rss_mb"]
 
 
-def write_doc_section(text: str) -> None:
-    """Replace only the ``## convert`` section of docs/benchmarks.md (others own the other sections)."""
-    old = (
-        DOC.read_text()
-        if DOC.exists()
-        else "# Benchmarks\n\nMeasured tables, with the machine they ran on.\n"
-    )
-    pattern = re.compile(r"^## convert\n.*?(?=^## |\Z)", re.S | re.M)
-    new = (
-        pattern.sub(lambda _: text.rstrip() + "\n\n", old)
-        if pattern.search(old)
-        else old.rstrip() + "\n\n" + text
-    )
-    DOC.write_text(new.rstrip() + "\n")
 
 
 def main() -> None:
@@ -267,7 +254,7 @@ def main() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(res, indent=2) + "\n")
         if not args.no_doc:
-            write_doc_section(markdown(res))
+            write_doc_section(markdown(res), "convert")
         print(json.dumps({"best": res["best"], "targets": res["targets"], "outputs_equal": equal}, indent=2))
     finally:
         if args.keep:

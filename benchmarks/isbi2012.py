@@ -29,17 +29,18 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _doc import write_doc_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ISBI = ROOT.parent / "shared" / "data" / "isbi2012"
 RESULT = ROOT / "benchmarks" / "results" / "isbi2012.json"
-DOC = ROOT / "docs" / "benchmarks.md"
 CURVES = ROOT / "docs" / "images" / "isbi2012_curves.png"
 PAPER = {"pixel_error": 0.0611, "rand_error": 0.0382}  # U-Net, ISBI 2012 (Ronneberger et al. 2015, table 1)
 
@@ -119,20 +120,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc_section(text: str, heading: str = "isbi2012") -> None:
-    """Replace only the ``## {heading}`` section of docs/benchmarks.md (others own the other sections)."""
-    old = (
-        DOC.read_text()
-        if DOC.exists()
-        else "# Benchmarks\n\nMeasured tables, with the machine they ran on.\n"
-    )
-    pattern = re.compile(rf"^## {heading}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = (
-        pattern.sub(lambda _: text.rstrip() + "\n\n", old)
-        if pattern.search(old)
-        else old.rstrip() + "\n\n" + text
-    )
-    DOC.write_text(new.rstrip() + "\n")
 
 
 MUTEX_WATERSHED = {"v_rand": 0.988}  # ISBI 2012 leaderboard, Mutex Watershed (Wolf et al. 2018)
@@ -277,7 +264,7 @@ def main() -> int:
     if not args.no_doc:
         CURVES.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(result.curves, CURVES)
-        write_doc_section(markdown(res) + cells_markdown(res))
+        write_doc_section(markdown(res) + cells_markdown(res), "isbi2012")
     return 0
 
 

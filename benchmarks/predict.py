@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -44,9 +43,11 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _doc import write_doc_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOC = ROOT / "docs" / "benchmarks.md"
 
 CHILD = """
 import json, resource, sys, time
@@ -310,20 +311,6 @@ def doc_section(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc_section(text: str) -> None:
-    """Replace only the ``## predict`` section of docs/benchmarks.md (others own the other sections)."""
-    old = (
-        DOC.read_text()
-        if DOC.exists()
-        else "# Benchmarks\n\nMeasured tables, with the machine they ran on.\n"
-    )
-    pattern = re.compile(r"^## predict\n.*?(?=^## |\Z)", re.S | re.M)
-    new = (
-        pattern.sub(lambda _: text.rstrip() + "\n\n", old)
-        if pattern.search(old)
-        else old.rstrip() + "\n\n" + text
-    )
-    DOC.write_text(new.rstrip() + "\n")
 
 
 # ----------------------------------------------------------------------------- main
@@ -399,7 +386,7 @@ def main() -> None:
     section = doc_section(r)
     print(section)
     if not args.quick and not args.no_doc:
-        write_doc_section(section)
+        write_doc_section(section, "predict")
     print(f"wrote {target}")
 
 

@@ -30,8 +30,8 @@ import itertools
 import json
 import os
 import platform
-import re
 import shutil
+import sys
 import tempfile
 import time
 from itertools import cycle
@@ -43,10 +43,12 @@ import torch
 from volseg.train import TrainConfig, Trainer, output_paths
 from volseg.volume import create_volume
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _doc import write_doc_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ISBI = ROOT.parent / "shared" / "data" / "isbi2012"
 RESULT = ROOT / "benchmarks" / "results" / "train.json"
-DOC = ROOT / "docs" / "benchmarks.md"
 
 
 def machine() -> dict:
@@ -202,20 +204,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc_section(text: str, heading: str = "train") -> None:
-    """Replace only the ``## {heading}`` section of docs/benchmarks.md (others own the other sections)."""
-    old = (
-        DOC.read_text()
-        if DOC.exists()
-        else "# Benchmarks\n\nMeasured tables, with the machine they ran on.\n"
-    )
-    pattern = re.compile(rf"^## {heading}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = (
-        pattern.sub(lambda _: text.rstrip() + "\n\n", old)
-        if pattern.search(old)
-        else old.rstrip() + "\n\n" + text
-    )
-    DOC.write_text(new.rstrip() + "\n")
 
 
 def main() -> None:
@@ -244,7 +232,7 @@ def main() -> None:
     text = markdown(res)
     print(text)
     if not args.no_doc:
-        write_doc_section(text)
+        write_doc_section(text, "train")
 
 
 if __name__ == "__main__":

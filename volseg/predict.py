@@ -30,10 +30,8 @@ import hashlib
 import json
 import math
 import os
-import sys
 import threading
 import time
-import types
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -1295,13 +1293,3 @@ def _report(plan: Plan, results: list[BlockStatus], seconds: float, compute_seco
         error.result = result
         raise error
     return result
-
-
-class _CallableModule(types.ModuleType):
-    """``volseg.predict(...)`` works even after ``import volseg.predict`` bound the module there."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return predict(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
