@@ -161,8 +161,6 @@ def import_rss_mb() -> float:
     return run_child([sys.executable, "-c", code])["peak_rss_mb"]
 
 
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="64,4096,4096", help="stack shape Z,Y,X (uint8; default 1.07 GB)")

@@ -120,8 +120,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 MUTEX_WATERSHED = {"v_rand": 0.988}  # ISBI 2012 leaderboard, Mutex Watershed (Wolf et al. 2018)
 PREVIEW = ROOT / "docs" / "images" / "isbi2012_preview.png"
 CELLS_PREVIEW = ROOT / "docs" / "images" / "isbi2012_cells.png"
@@ -165,10 +163,12 @@ def _roi_truth(out: Path) -> Path:
     for name in ("labels", "image"):
         src = open_volume(out / f"{name}.zarr")
         data = src.array[25:30]
-        vol = create_volume(out / f"{name}_roi.zarr", data.shape, data.dtype, (1, 512, 512),
-                            kind="mask" if name == "labels" else "image",
-                            overwrite=True, voxel_size=(50.0, 4.0, 4.0), extra={k: v for k, v in src.meta.items()
-                            if k not in {"kind", "status", "provenance", "format"}})  # fmt: skip
+        extra = {k: v for k, v in src.meta.items() if k not in {"kind", "status", "provenance", "format"}}
+        kind = "mask" if name == "labels" else "image"
+        vol = create_volume(
+            out / f"{name}_roi.zarr", data.shape, data.dtype, (1, 512, 512), kind=kind, overwrite=True,
+            voxel_size=(50.0, 4.0, 4.0), extra=extra,
+        )  # fmt: skip
         for b in vol.block_ids():
             vol.write_block(b, data[vol.block_region(b)])
         vol.mark_complete()
@@ -178,28 +178,35 @@ def _roi_truth(out: Path) -> Path:
 def cells_markdown(res: dict) -> str:
     c, p, mws = res["cells_stage"]["cells"], res["cells_stage"]["prob"], MUTEX_WATERSHED
     get = lambda d, k: f"{d[k]:.4f}" if isinstance(d.get(k), (int, float)) else "n/a"  # noqa: E731
-    return "\n".join([
-        "",
-        "### From probabilities to cells (sections 25-29)",
-        "",
-        "The best model run through the shipped pipeline on the held-out sections: `volseg predict --roi "
-        "25:30,0:512,0:512`, `volseg segment` (defaults: 2-D seeded watershed), `volseg evaluate` against the "
-        "labels (cells = 4-connected non-membrane regions per section). Seconds: "
-        + ", ".join(f"{k} {v}" for k, v in res["cells_stage"]["seconds"].items()) + ".",
-        "",
-        "| | V_rand | V_info | adapted Rand error | VOI split | VOI merge |",
-        "| --- | --- | --- | --- | --- | --- |",
-        f"| volseg probabilities (best threshold) | {get(p, 'v_rand')} | {get(p, 'v_info')} | | | |",
-        f"| volseg cells (`volseg segment`) | {get(c, 'v_rand')} | {get(c, 'v_info')} | "
-        f"{get(c, 'adapted_rand_error')} | {get(c, 'voi_split')} | {get(c, 'voi_merge')} |",
-        f"| Mutex Watershed, ISBI test set (best published) | {mws['v_rand']} | | | | |",
-        "",
-        "The Mutex Watershed figures (Wolf et al. 2018) are the challenge's, on its hidden test labels.",
-        "",
-        f"![ISBI sections 25, 27, 29 with membrane probabilities](images/{PREVIEW.name})",
-        "",
-        f"![the same sections with the cells from volseg segment](images/{CELLS_PREVIEW.name})",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "",
+                "### From probabilities to cells (sections 25-29)",
+                "",
+                "The best model run through the shipped pipeline on the held-out sections: "
+                "`volseg predict --roi 25:30,0:512,0:512`, `volseg segment` (defaults: 2-D seeded "
+                "watershed), `volseg evaluate` against the labels (cells = 4-connected non-membrane "
+                "regions per section). Seconds: "
+                + ", ".join(f"{k} {v}" for k, v in res["cells_stage"]["seconds"].items())
+                + ".",
+                "",
+                "| | V_rand | V_info | adapted Rand error | VOI split | VOI merge |",
+                "| --- | --- | --- | --- | --- | --- |",
+                f"| volseg probabilities (best threshold) | {get(p, 'v_rand')} | {get(p, 'v_info')} | | | |",
+                f"| volseg cells (`volseg segment`) | {get(c, 'v_rand')} | {get(c, 'v_info')} | "
+                f"{get(c, 'adapted_rand_error')} | {get(c, 'voi_split')} | {get(c, 'voi_merge')} |",
+                f"| Mutex Watershed, ISBI test set (best published) | {mws['v_rand']} | | | | |",
+                "",
+                "The Mutex Watershed figure (Wolf et al. 2018) is the challenge's (hidden test labels).",
+                "",
+                f"![ISBI sections 25, 27, 29 with membrane probabilities](images/{PREVIEW.name})",
+                "",
+                f"![the same sections with the cells from volseg segment](images/{CELLS_PREVIEW.name})",
+            ]
+        )
+        + "\n"
+    )
 
 
 def main() -> int:
@@ -259,8 +266,11 @@ def main() -> int:
         f"U-Net paper: pixel error {PAPER['pixel_error']}, Rand error {PAPER['rand_error']}"
     )
     cells = res["cells_stage"]["cells"]
-    print(f"cells (volseg segment) on 25-29: V_rand {cells.get('v_rand')}, V_info {cells.get('v_info')}, "
-          f"adapted Rand error {cells.get('adapted_rand_error')}; Mutex Watershed V_rand {MUTEX_WATERSHED['v_rand']}")
+    print(
+        f"cells (volseg segment) on 25-29: V_rand {cells.get('v_rand')}, V_info {cells.get('v_info')}, "
+        f"adapted Rand error {cells.get('adapted_rand_error')}; "
+        f"Mutex Watershed V_rand {MUTEX_WATERSHED['v_rand']}"
+    )
     if not args.no_doc:
         CURVES.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(result.curves, CURVES)

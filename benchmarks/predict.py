@@ -311,8 +311,6 @@ def doc_section(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 # ----------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

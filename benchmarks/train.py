@@ -204,8 +204,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=8, help="timed steps per variant and round")

@@ -18,7 +18,16 @@ def test_quick_demo_runs_the_whole_chain(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(out), "--quick", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert set(summary["seconds"]) == {"synth", "tiff", "convert", "train", "predict", "segment", "evaluate", "preview"}
+    assert set(summary["seconds"]) == {
+        "synth",
+        "tiff",
+        "convert",
+        "train",
+        "predict",
+        "segment",
+        "evaluate",
+        "preview",
+    }
     for key in ("image", "labels", "prob", "cells"):
         assert open_volume(summary["outputs"][key]).complete, key
     prob = summary["scores"]["probabilities"]

@@ -34,9 +34,11 @@ def render() -> str:
     lines = [
         "# CLI reference",
         "",
-        "Generated from the code by `python -m volseg._cli_reference > docs/cli.md`; a test keeps it current.",
+        "Generated from the code by `python -m volseg._cli_reference > docs/cli.md`; "
+        "a test keeps it current.",
         "",
-        "Global options (before the command): `--version`, `--debug` (show tracebacks instead of one-line errors).",
+        "Global options (before the command): `--version`, "
+        "`--debug` (show tracebacks instead of one-line errors).",
         "",
     ]
     for name in sorted(root.commands):

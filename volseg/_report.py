@@ -32,12 +32,18 @@ def print_info(data: dict[str, Any]) -> None:
         ("dtype", data["dtype"]),
         ("chunks", zyx(data["chunks"]) + (f"  (shards {zyx(data['shards'])})" if data["shards"] else "")),
         ("codec", data["codec"]),
-        ("size", f"{human_bytes(data['stored_bytes'])} stored / {human_bytes(data['raw_bytes'])} raw"
-                 + (f"  ({data['ratio']}x)" if data["ratio"] else "")),
+        (
+            "size",
+            f"{human_bytes(data['stored_bytes'])} stored / {human_bytes(data['raw_bytes'])} raw"
+            + (f"  ({data['ratio']}x)" if data["ratio"] else ""),
+        ),
         ("voxel size", f"{zyx(data['voxel_size'])} {data['unit']}"),
         ("levels", ", ".join(data["levels"])),
         ("status", comp["status"]),
-        ("blocks done", f"{comp['blocks_done']} / {comp['blocks_total']}  (block {zyx(comp['block_shape'])})"),
+        (
+            "blocks done",
+            f"{comp['blocks_done']} / {comp['blocks_total']}  (block {zyx(comp['block_shape'])})",
+        ),
         ("sections done", f"{comp['sections_done']} / {comp['sections_total']}"),
     ]
     prov = data.get("provenance") or {}

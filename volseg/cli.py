@@ -44,7 +44,9 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+    ] = False,
 ) -> None:
     _STATE["debug"] = debug
 
@@ -78,7 +80,9 @@ def parse_ints(text: str | None, option: str, n: int = 3) -> tuple[int, ...] | N
     try:
         values = tuple(int(p) for p in parts)
     except ValueError:
-        raise OptionError(f"{option} {text!r}: expected {n} integers separated by commas, e.g. 1,512,512") from None
+        raise OptionError(
+            f"{option} {text!r}: expected {n} integers separated by commas, e.g. 1,512,512"
+        ) from None
     if len(values) != n or any(v < 1 for v in values):
         raise OptionError(f"{option} {text!r}: expected {n} positive integers separated by commas")
     return values
@@ -92,7 +96,9 @@ def parse_floats(text: str | None, option: str, n: int = 3) -> tuple[float, ...]
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
-        raise OptionError(f"{option} {text!r}: expected {n} numbers separated by commas, e.g. 50,4,4") from None
+        raise OptionError(
+            f"{option} {text!r}: expected {n} numbers separated by commas, e.g. 50,4,4"
+        ) from None
     if len(values) != n or any(not v > 0 for v in values):
         raise OptionError(f"{option} {text!r}: expected {n} positive numbers separated by commas")
     return values
@@ -131,20 +137,29 @@ def info(
 @app.command("demo")
 @friendly
 def demo_cmd(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for every output of the chain.")] = Path("demo-out"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for every output of the chain.")] = Path(
+        "demo-out"
+    ),
     data: Annotated[
         str | None,
-        typer.Option(help="IMAGE.tif,LABELS.tif: use these stacks (0 = membrane, as ISBI) instead of synthetic data."),
+        typer.Option(
+            help="IMAGE.tif,LABELS.tif: use these stacks (0 = membrane, as ISBI) instead of synthetic data."
+        ),
     ] = None,
     shape: Annotated[str, typer.Option(help="Synthetic stack size Z,Y,X.")] = "12,512,512",
     seed: Annotated[int, typer.Option(help="Seed of the synthetic stack and of training.")] = 0,
     minutes: Annotated[float, typer.Option(help="Training budget in minutes (wall clock).")] = 3.0,
     steps: Annotated[int | None, typer.Option(help="Cap on training steps (whichever ends first).")] = None,
-    quick: Annotated[bool, typer.Option(help="A reduced run (tiny stack and model, under a minute).")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="A reduced run (tiny stack and model, under a minute).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing demo folder.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Run the whole chain on an embedded synthetic stack: synth, convert, train, predict, segment, evaluate, preview.
+    """Run the whole chain on an embedded synthetic stack.
+
+    synth, convert, train, predict, segment, evaluate and preview, with a summary of the outputs,
+    the scores and the time each stage took.
 
     Example: volseg demo --out demo-out --minutes 3
     """
@@ -156,11 +171,19 @@ def demo_cmd(
     if data is not None:
         pair = tuple(p.strip() for p in data.split(","))
         if len(pair) != 2:
-            raise OptionError(f"--data {data!r}: give two TIFF stacks separated by a comma, IMAGE.tif,LABELS.tif")
+            raise OptionError(
+                f"--data {data!r}: give two TIFF stacks separated by a comma, IMAGE.tif,LABELS.tif"
+            )
     import dataclasses
 
-    opts = dataclasses.replace(base, shape=zyx, seed=seed, data=pair, steps=steps if steps is not None else base.steps,
-                               minutes=minutes if not quick or minutes != 3.0 else base.minutes)
+    opts = dataclasses.replace(
+        base,
+        shape=zyx,
+        seed=seed,
+        data=pair,
+        steps=steps if steps is not None else base.steps,
+        minutes=minutes if not quick or minutes != 3.0 else base.minutes,
+    )
     say = (lambda line: None) if as_json else (lambda line: typer.echo(line, err=True))
     result = demo(out, opts, overwrite=overwrite, progress=say)
     if as_json:
@@ -930,6 +953,7 @@ def convert_cmd(
         f"{vol.path}: {zyx(vol.shape)} {vol.dtype}, chunks {zyx(vol.chunks)}, "
         f"voxel {zyx(vol.voxel_size)}{unit_text}, {vol.meta.get('status')}"
     )
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""

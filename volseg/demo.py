@@ -57,8 +57,16 @@ class DemoOptions:
     @classmethod
     def quick(cls) -> DemoOptions:
         """A reduced run (well under a minute on 2 cores) for tests and smoke checks."""
-        return cls(shape=(4, 128, 128), minutes=1.0, steps=40, val_sections=1, base_channels=8, depth=3,
-                   patch_size=64, batch_size=4)
+        return cls(
+            shape=(4, 128, 128),
+            minutes=1.0,
+            steps=40,
+            val_sections=1,
+            base_channels=8,
+            depth=3,
+            patch_size=64,
+            batch_size=4,
+        )
 
 
 @dataclass
@@ -118,8 +126,13 @@ def _check_options(opts: DemoOptions) -> None:
                 raise InputError(f"--data {p}: no such file; give an image and a label TIFF stack")
 
 
-def demo(out: str | os.PathLike = "demo-out", options: DemoOptions | None = None, *, overwrite: bool = False,
-         progress: Callable[[str], None] | None = None) -> DemoResult:
+def demo(
+    out: str | os.PathLike = "demo-out",
+    options: DemoOptions | None = None,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> DemoResult:
     """Run the whole chain and write every output under ``out``.
 
     Parameters
@@ -160,36 +173,52 @@ def demo(out: str | os.PathLike = "demo-out", options: DemoOptions | None = None
 def _prepare(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise OutputError(f"{out}: already exists and is not empty; pass --overwrite or choose another --out")
+            raise OutputError(
+                f"{out}: already exists and is not empty; pass --overwrite or choose another --out"
+            )
         if not (out / "summary.json").exists() and not (out / "image.zarr").exists():
-            raise OutputError(f"{out}: is not a volseg demo folder; refusing to delete it, choose another --out")
+            raise OutputError(
+                f"{out}: is not a volseg demo folder; refusing to delete it, choose another --out"
+            )
         import shutil
 
         shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{out}: cannot create the output folder ({exc.strerror}); choose a writable location") from exc
+        raise OutputError(
+            f"{out}: cannot create the output folder ({exc.strerror}); choose a writable location"
+        ) from exc
 
 
-def _source(out: Path, opts: DemoOptions, stages: _Stages, result: DemoResult) -> tuple[Path, Path, Path | None]:
+def _source(
+    out: Path, opts: DemoOptions, stages: _Stages, result: DemoResult
+) -> tuple[Path, Path, Path | None]:
     if opts.data is not None:
         return Path(opts.data[0]), Path(opts.data[1]), None
     from volseg.synth import synth
 
     stages.run("synth", lambda: synth(out / "synth", shape=opts.shape, seed=opts.seed))
     image_tif, labels_tif = out / "synth" / "image.tif", out / "synth" / "labels.tif"
-    stages.run("tiff", lambda: (_write_tiff_stack(out / "synth" / "image.zarr", image_tif),
-                                _write_tiff_stack(out / "synth" / "membranes.zarr", labels_tif)))
-    result.outputs.update(image_tif=str(image_tif), labels_tif=str(labels_tif),
-                          cells_truth=str(out / "synth" / "cells.zarr"))
+    stages.run(
+        "tiff",
+        lambda: (
+            _write_tiff_stack(out / "synth" / "image.zarr", image_tif),
+            _write_tiff_stack(out / "synth" / "membranes.zarr", labels_tif),
+        ),
+    )
+    result.outputs.update(
+        image_tif=str(image_tif), labels_tif=str(labels_tif), cells_truth=str(out / "synth" / "cells.zarr")
+    )
     return image_tif, labels_tif, out / "synth" / "cells.zarr"
 
 
 def _convert(out: Path, image_tif: Path, labels_tif: Path, stages: _Stages, result: DemoResult) -> None:
     from volseg.convert import convert
 
-    stages.run("convert", lambda: (convert(image_tif, out / "image.zarr"), convert(labels_tif, out / "labels.zarr")))
+    stages.run(
+        "convert", lambda: (convert(image_tif, out / "image.zarr"), convert(labels_tif, out / "labels.zarr"))
+    )
     result.outputs.update(image=str(out / "image.zarr"), labels=str(out / "labels.zarr"))
 
 
@@ -203,16 +232,27 @@ def _train(out: Path, opts: DemoOptions, val: str, stages: _Stages, result: Demo
     from volseg.train import TrainConfig, train
 
     cfg = TrainConfig(
-        image=str(out / "image.zarr"), labels=str(out / "labels.zarr"), output=str(out / "model.pt"),
-        foreground=(0,), val_slices=val, time_limit=f"{opts.minutes * 60:.0f}", steps=opts.steps,
-        base_channels=opts.base_channels, depth=opts.depth, patch_size=opts.patch_size,
-        batch_size=opts.batch_size, seed=opts.seed, warmup_steps=min(50, (opts.steps or 10**9) // 5 + 1),
-        val_every=max(25, (opts.steps or 200) // 4), progress=False,
+        image=str(out / "image.zarr"),
+        labels=str(out / "labels.zarr"),
+        output=str(out / "model.pt"),
+        foreground=(0,),
+        val_slices=val,
+        time_limit=f"{opts.minutes * 60:.0f}",
+        steps=opts.steps,
+        base_channels=opts.base_channels,
+        depth=opts.depth,
+        patch_size=opts.patch_size,
+        batch_size=opts.batch_size,
+        seed=opts.seed,
+        warmup_steps=min(50, (opts.steps or 10**9) // 5 + 1),
+        val_every=max(25, (opts.steps or 200) // 4),
+        progress=False,
     )
     res = stages.run("train", lambda: train(cfg))
     result.train = {"steps": res.steps, "seconds": round(res.seconds, 1), "best": _plain(res.metrics)}
-    result.outputs.update(model=str(res.model), train_log=str(out / "model.log.jsonl"),
-                          curves=str(out / "model.curves.png"))
+    result.outputs.update(
+        model=str(res.model), train_log=str(out / "model.log.jsonl"), curves=str(out / "model.curves.png")
+    )
 
 
 def _predict_segment(out: Path, stages: _Stages, result: DemoResult) -> None:
@@ -228,14 +268,21 @@ def _evaluate(out: Path, val: str, cells_truth: Path | None, stages: _Stages, re
     from volseg.evaluate import evaluate
 
     def run() -> None:
-        prob = evaluate(out / "prob.zarr", out / "labels.zarr", sections=val, json_path=out / "report_prob.json")
+        prob = evaluate(
+            out / "prob.zarr", out / "labels.zarr", sections=val, json_path=out / "report_prob.json"
+        )
         truth = cells_truth or out / "labels.zarr"
         cells = evaluate(out / "cells.zarr", truth, sections=val, json_path=out / "report_cells.json")
-        result.scores = {"sections": val, "probabilities": _plain(prob.get("overall", prob)),
-                         "cells": _plain(cells.get("overall", cells))}
+        result.scores = {
+            "sections": val,
+            "probabilities": _plain(prob.get("overall", prob)),
+            "cells": _plain(cells.get("overall", cells)),
+        }
 
     stages.run("evaluate", run)
-    result.outputs.update(report_prob=str(out / "report_prob.json"), report_cells=str(out / "report_cells.json"))
+    result.outputs.update(
+        report_prob=str(out / "report_prob.json"), report_cells=str(out / "report_cells.json")
+    )
 
 
 def _preview(out: Path, val: str, stages: _Stages, result: DemoResult) -> None:
@@ -250,7 +297,9 @@ def _preview(out: Path, val: str, stages: _Stages, result: DemoResult) -> None:
         preview(out / "image.zarr", out / "preview_cells.png", overlay=out / "cells.zarr", options=opts)
 
     stages.run("preview", run)
-    result.outputs.update(preview_prob=str(out / "preview_prob.png"), preview_cells=str(out / "preview_cells.png"))
+    result.outputs.update(
+        preview_prob=str(out / "preview_prob.png"), preview_cells=str(out / "preview_cells.png")
+    )
 
 
 def _plain(obj: Any) -> Any:

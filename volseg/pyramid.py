@@ -35,11 +35,20 @@ def write_levels(vol: Volume, levels: int, *, method: str = "mean") -> None:
         src = da.from_zarr(prev)
         # 2x2 in (y, x) per output chunk: input chunks of twice the output chunk
         src = src.rechunk((prev.chunks[0], prev.chunks[1] * 2, prev.chunks[2] * 2))
-        small = src.map_blocks(downsample2, method, dtype=prev.dtype,
-                               chunks=tuple(tuple(-(-c // 2) if i else c for c in dim) for i, dim in enumerate(src.chunks)))
+        small = src.map_blocks(
+            downsample2,
+            method,
+            dtype=prev.dtype,
+            chunks=tuple(tuple(-(-c // 2) if i else c for c in dim) for i, dim in enumerate(src.chunks)),
+        )
         arr = vol.group.create_array(
-            str(n), shape=small.shape, dtype=prev.dtype, chunks=prev.chunks,
-            compressors=prev.compressors, fill_value=prev.fill_value, dimension_names=("z", "y", "x"),
+            str(n),
+            shape=small.shape,
+            dtype=prev.dtype,
+            chunks=prev.chunks,
+            compressors=prev.compressors,
+            fill_value=prev.fill_value,
+            dimension_names=("z", "y", "x"),
             overwrite=True,
         )
         da.store(small.rechunk(arr.chunks), arr, lock=False)

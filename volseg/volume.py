@@ -17,6 +17,7 @@ is done the stage sets ``volseg.status = "complete"``; until then it is
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import itertools
@@ -76,13 +77,17 @@ def parse_codec(spec: str | None) -> list[Any] | None:
     spec = (spec or DEFAULT_CODEC).strip().lower()
     name, _, level_text = spec.partition(":")
     if name not in CODECS:
-        raise OptionError(f"--codec {spec!r}: unknown codec; use one of {', '.join(CODECS)} (optionally :LEVEL)")
+        raise OptionError(
+            f"--codec {spec!r}: unknown codec; use one of {', '.join(CODECS)} (optionally :LEVEL)"
+        )
     level: int | None = None
     if level_text:
         try:
             level = int(level_text)
         except ValueError:
-            raise OptionError(f"--codec {spec!r}: level {level_text!r} is not an integer; write e.g. zstd:3") from None
+            raise OptionError(
+                f"--codec {spec!r}: level {level_text!r} is not an integer; write e.g. zstd:3"
+            ) from None
     if name == "none":
         return None
     if name.startswith("blosc"):
@@ -151,7 +156,9 @@ def provenance(
         if p.exists():
             st = p.stat()
             entry["size"] = st.st_size
-            entry["mtime"] = _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
+            entry["mtime"] = _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc).isoformat(
+                timespec="seconds"
+            )
         records.append(entry)
     return {
         "sources": records,
@@ -165,14 +172,16 @@ def provenance(
 # ---------------------------------------------------------------------- block grid
 def block_slices(shape: Sequence[int], block: Sequence[int], index: Sequence[int]) -> tuple[slice, ...]:
     """Slices of block ``index`` in a grid of ``block``-shaped blocks over ``shape``."""
-    return tuple(slice(i * b, min((i + 1) * b, s)) for s, b, i in zip(shape, block, index))
+    return tuple(slice(i * b, min((i + 1) * b, s)) for s, b, i in zip(shape, block, index, strict=True))
 
 
 def _grid(shape: Sequence[int], block: Sequence[int]) -> tuple[int, ...]:
-    return tuple(-(-s // b) for s, b in zip(shape, block))
+    return tuple(-(-s // b) for s, b in zip(shape, block, strict=True))
 
 
-def _ome_attrs(name: str, unit: str | None, levels: Sequence[tuple[str, Sequence[float]]], kind: str) -> dict[str, Any]:
+def _ome_attrs(
+    name: str, unit: str | None, levels: Sequence[tuple[str, Sequence[float]]], kind: str
+) -> dict[str, Any]:
     ome: dict[str, Any] = {
         "version": NGFF_VERSION,
         "multiscales": [
@@ -181,7 +190,10 @@ def _ome_attrs(name: str, unit: str | None, levels: Sequence[tuple[str, Sequence
                 # No unit at all (NGFF allows that) when the physical size is unknown.
                 "axes": [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in AXES],
                 "datasets": [
-                    {"path": path, "coordinateTransformations": [{"type": "scale", "scale": [float(v) for v in scale]}]}
+                    {
+                        "path": path,
+                        "coordinateTransformations": [{"type": "scale", "scale": [float(v) for v in scale]}],
+                    }
                     for path, scale in levels
                 ],
             }
@@ -245,7 +257,11 @@ class Volume:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.array.dtype.to_native_dtype() if hasattr(self.array.dtype, "to_native_dtype") else self.array.dtype)
+        return np.dtype(
+            self.array.dtype.to_native_dtype()
+            if hasattr(self.array.dtype, "to_native_dtype")
+            else self.array.dtype
+        )
 
     @property
     def chunks(self) -> tuple[int, ...]:
@@ -361,12 +377,12 @@ class Volume:
         # The chunk files of this block: fsync them so that "done" survives a power cut,
         # not only a kill -9 (the page cache already survives that).
         region = self.block_region(index)
-        first = [s.start // c for s, c in zip(region, self.block_shape)]
+        first = [s.start // c for s, c in zip(region, self.block_shape, strict=False)]
         root = self.path / "0" / "c"
         if self.shards:
             files = [root.joinpath(*map(str, first))]
         else:
-            ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(region, self.chunks)]
+            ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(region, self.chunks, strict=False)]
             files = [root.joinpath(*map(str, ix)) for ix in itertools.product(*ranges)]
         for f in files:
             try:
@@ -421,7 +437,9 @@ class Volume:
 def _check_local(path: str | os.PathLike) -> Path:
     text = os.fspath(path)
     if "://" in text:
-        raise OptionError(f"{text}: only local paths are supported for now; copy the data to a local or mounted disk")
+        raise OptionError(
+            f"{text}: only local paths are supported for now; copy the data to a local or mounted disk"
+        )
     return Path(text)
 
 
@@ -466,10 +484,12 @@ def create_volume(
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise OptionError(f"{path}: volume shape must be three positive sizes (Z, Y, X), got {shape}")
-    chunks = tuple(max(1, min(int(c), s)) for c, s in zip(chunks, shape))
+    chunks = tuple(max(1, min(int(c), s)) for c, s in zip(chunks, shape, strict=False))
     if shards is not None:
-        shards = tuple(max(c, min(int(s), -(-n // c) * c)) for s, c, n in zip(shards, chunks, shape))
-        if any(s % c for s, c in zip(shards, chunks)):
+        shards = tuple(
+            max(c, min(int(s), -(-n // c) * c)) for s, c, n in zip(shards, chunks, shape, strict=False)
+        )
+        if any(s % c for s, c in zip(shards, chunks, strict=False)):
             raise OptionError(f"shards {shards} must be multiples of chunks {chunks}")
     if len(voxel_size) != 3 or any(float(v) <= 0 for v in voxel_size):
         raise OptionError(f"voxel size must be three positive numbers (z, y, x), got {tuple(voxel_size)}")
@@ -490,7 +510,9 @@ def create_volume(
             dimension_names=AXES,
         )
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write the output ({exc.strerror or exc}); choose a writable location") from exc
+        raise OutputError(
+            f"{path}: cannot write the output ({exc.strerror or exc}); choose a writable location"
+        ) from exc
     attrs = _ome_attrs(path.stem, unit, [("0", voxel_size)], kind)
     attrs["volseg"] = {
         "format": FORMAT_VERSION,
@@ -506,9 +528,13 @@ def create_volume(
 def _prepare_output(path: Path, overwrite: bool) -> None:
     if path.exists():
         if not overwrite:
-            raise OutputError(f"{path}: output already exists; pass --overwrite to replace it (or --resume to continue it)")
+            raise OutputError(
+                f"{path}: output already exists; pass --overwrite to replace it (or --resume to continue it)"
+            )
         if path.is_dir() and not (path / "zarr.json").exists() and any(path.iterdir()):
-            raise OutputError(f"{path}: exists and is not a Zarr volume; refusing to delete it, choose another output")
+            raise OutputError(
+                f"{path}: exists and is not a Zarr volume; refusing to delete it, choose another output"
+            )
         if path.is_dir():
             shutil.rmtree(path)
         else:
@@ -517,7 +543,9 @@ def _prepare_output(path: Path, overwrite: bool) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot create the output folder ({exc.strerror or exc}); choose a writable location") from exc
+        raise OutputError(
+            f"{path}: cannot create the output folder ({exc.strerror or exc}); choose a writable location"
+        ) from exc
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{path}: folder {parent} is not writable; choose a writable location")
 
@@ -540,17 +568,27 @@ def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
     """
     path = _check_local(path)
     if not path.exists():
-        raise InputError(f"{path}: no such volume; check the path (volumes are folders written by 'volseg convert')")
+        raise InputError(
+            f"{path}: no such volume; check the path (volumes are folders written by 'volseg convert')"
+        )
     if not (path / "zarr.json").is_file():
-        raise InputError(f"{path}: not a Zarr v3 volume (no zarr.json); convert images first with 'volseg convert'")
+        raise InputError(
+            f"{path}: not a Zarr v3 volume (no zarr.json); convert images first with 'volseg convert'"
+        )
     try:
         node = zarr.open(str(path), mode=mode, zarr_format=3)
     except Exception as exc:  # zarr raises many types for corrupt metadata
-        raise InputError(f"{path}: cannot open as Zarr v3 ({exc}); is it a volume written by volseg?") from exc
+        raise InputError(
+            f"{path}: cannot open as Zarr v3 ({exc}); is it a volume written by volseg?"
+        ) from exc
     if isinstance(node, zarr.Array):
-        raise InputError(f"{path}: is a bare Zarr array, not an OME-Zarr volume; open its parent group instead")
+        raise InputError(
+            f"{path}: is a bare Zarr array, not an OME-Zarr volume; open its parent group instead"
+        )
     if "0" not in node or "ome" not in node.attrs:
-        raise InputError(f"{path}: is a Zarr group but not an OME-Zarr volume (no 'ome' metadata or array '0')")
+        raise InputError(
+            f"{path}: is a Zarr group but not an OME-Zarr volume (no 'ome' metadata or array '0')"
+        )
     vol = Volume(path, node)
     if vol.array.ndim != 3:
         raise InputError(f"{path}: array '0' has {vol.array.ndim} dimensions; volseg needs (z, y, x)")
@@ -561,10 +599,8 @@ def _stored_bytes(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
     return total
 
 
