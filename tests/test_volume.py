@@ -157,3 +157,17 @@ def test_info_reports_sizes(tmp_path):
     assert info["raw_bytes"] == 2 * 64 * 64
     assert 0 < info["stored_bytes"] < info["raw_bytes"]
     assert info["completion"]["status"] == "complete" and info["codec"].startswith("blosc-zstd")
+
+
+def test_overwrite_never_deletes_a_regular_file(tmp_path):
+    precious = tmp_path / "results.zarr"
+    precious.write_text("not a volume")
+    with pytest.raises(OutputError, match="not a Zarr volume"):
+        create_volume(precious, (1, 4, 4), "uint8", (1, 4, 4), overwrite=True)
+    assert precious.read_text() == "not a volume"
+
+
+def test_output_under_a_file_names_the_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(OutputError, match="notes.txt is a file, not a folder"):
+        create_volume(tmp_path / "notes.txt" / "sub" / "v.zarr", (1, 4, 4), "uint8", (1, 4, 4))

@@ -531,15 +531,16 @@ def _prepare_output(path: Path, overwrite: bool) -> None:
             raise OutputError(
                 f"{path}: output already exists; pass --overwrite to replace it (or --resume to continue it)"
             )
-        if path.is_dir() and not (path / "zarr.json").exists() and any(path.iterdir()):
+        # --overwrite replaces volumes only: never delete a user's file or a folder of other things.
+        if not path.is_dir() or (not (path / "zarr.json").exists() and any(path.iterdir())):
             raise OutputError(
                 f"{path}: exists and is not a Zarr volume; refusing to delete it, choose another output"
             )
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        shutil.rmtree(path)
     parent = path.parent if str(path.parent) else Path(".")
+    blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(f"{path}: {blocker} is a file, not a folder; choose an output path in a folder")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
