@@ -222,7 +222,13 @@ def main() -> int:
     ap.add_argument("--augment", default="default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-doc", action="store_true", help="do not touch docs/ (JSON only)")
+    ap.add_argument(
+        "--cells-only", action="store_true",
+        help="reuse the trained model and results JSON; redo only predict, segment, evaluate, previews",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.cells_only:
+        return cells_only(args)
     if not (args.isbi / "train-volume.tif").is_file():
         print(f"skipped: ISBI 2012 data not found at {args.isbi} (train-volume.tif, train-labels.tif)")
         return 0
@@ -274,6 +280,17 @@ def main() -> int:
     if not args.no_doc:
         CURVES.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(result.curves, CURVES)
+        write_doc_section(markdown(res) + cells_markdown(res), "isbi2012")
+    return 0
+
+
+def cells_only(args: argparse.Namespace) -> int:
+    """Redo the cells stage with the current segment defaults, keeping the training figures."""
+    res = json.loads(RESULT.read_text())
+    res["cells_stage"] = cells_stage(args.out, args.out / "model.pt", write_pictures=not args.no_doc)
+    RESULT.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res["cells_stage"]["cells"], indent=1))
+    if not args.no_doc:
         write_doc_section(markdown(res) + cells_markdown(res), "isbi2012")
     return 0
 

@@ -480,7 +480,7 @@ def segment_cmd(
             help="Watershed seeds: h-minima of the boundary map, or the tops of the interior's "
             "distance transform."
         ),
-    ] = SeedKind.hminima,
+    ] = SeedKind.distance,
     threshold: Annotated[
         float, typer.Option(help="Boundary probability below which a pixel is cell interior.")
     ] = 0.5,
@@ -492,7 +492,7 @@ def segment_cmd(
     ] = 8,
     distance_h: Annotated[
         float, typer.Option(help="Distance seeds: least height of a distance-transform maximum (pixels).")
-    ] = 2.0,
+    ] = 6.0,
     h: Annotated[float, typer.Option("--h", help="Depth of the h-minima seeds (probability units).")] = 0.1,
     min_size: Annotated[
         int, typer.Option(help="Drop segments smaller than this (pixels in 2d, voxels in 3d).")

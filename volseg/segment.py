@@ -107,11 +107,11 @@ class SegmentOptions:
 
     mode: str = "2d"
     method: str = "watershed"
-    seeds: str = "hminima"
+    seeds: str = "distance"
     threshold: float = 0.5
     sigma: float = 1.0
     min_distance: int = 8
-    distance_h: float = 2.0
+    distance_h: float = 6.0
     h: float = 0.1
     min_size: int = 20
     keep_boundaries: bool = False
