@@ -22,10 +22,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -37,7 +34,7 @@ import numpy as np
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _doc import write_doc_section  # noqa: E402
+from _doc import machine, write_doc_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "convert.json"
@@ -96,19 +93,6 @@ def same_values(a_path: Path, b_path: Path, step: int = 8) -> bool:
     a = zarr.open_array(a_path / "0" if (a_path / "0").is_dir() else a_path, mode="r")
     b = zarr.open_array(b_path / "0" if (b_path / "0").is_dir() else b_path, mode="r")
     return a.shape == b.shape and all(np.array_equal(a[z], b[z]) for z in range(0, a.shape[0], step))
-
-
-def machine() -> dict:
-    model = platform.processor()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def markdown(res: dict) -> str:

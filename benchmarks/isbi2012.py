@@ -24,38 +24,20 @@ model and its log stay in ``--out`` (default ``out/isbi2012``, not tracked).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
-import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _doc import write_doc_section  # noqa: E402
+from _doc import machine, write_doc_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ISBI = ROOT.parent / "shared" / "data" / "isbi2012"
 RESULT = ROOT / "benchmarks" / "results" / "isbi2012.json"
 CURVES = ROOT / "docs" / "images" / "isbi2012_curves.png"
 PAPER = {"pixel_error": 0.0611, "rand_error": 0.0382}  # U-Net, ISBI 2012 (Ronneberger et al. 2015, table 1)
-
-
-def machine() -> dict:
-    model = platform.processor()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-        "torch": torch.__version__,
-    }
 
 
 TARGETS = {"pixel_error": 0.065, "v_rand": 0.95}  # issue 3: within 30 minutes on the 2-core CPU

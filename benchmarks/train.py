@@ -24,12 +24,9 @@ checkout), else a synthetic 30 x 512 x 512 stack. Writes ``benchmarks/results/tr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import itertools
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -44,25 +41,11 @@ from volseg.train import TrainConfig, Trainer, output_paths
 from volseg.volume import create_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _doc import write_doc_section  # noqa: E402
+from _doc import machine, write_doc_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ISBI = ROOT.parent / "shared" / "data" / "isbi2012"
 RESULT = ROOT / "benchmarks" / "results" / "train.json"
-
-
-def machine() -> dict:
-    model = platform.processor()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 def write_data(scratch: Path, isbi: Path) -> str:
