@@ -718,7 +718,8 @@ def preview_cmd(
 
     Example: volseg preview image.zarr --overlay cells.zarr --sections 0:30:10 -o preview.png
     """
-    from volseg.preview import PreviewOptions, parse_sections, preview
+    from volseg.preview import PreviewOptions, preview
+    from volseg.sections import parse_sections
     from volseg.volume import open_volume
 
     if level != "auto" and not level.isdigit():

@@ -36,7 +36,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from volseg.errors import InputError, OptionError
-from volseg.preview import parse_sections
+from volseg.sections import parse_sections
 from volseg.volume import Volume, open_volume
 
 __all__ = ["EvaluateOptions", "evaluate", "parse_foreground", "print_report"]
