@@ -103,6 +103,8 @@ def test_all_background_probabilities(tmp_path):
     o = _binary(tmp_path, np.zeros(MEMBRANE.shape))["overall"]
     assert o["pixel_error"] == pytest.approx(0.2) and o["dice"] == 0 and o["iou"] == 0
     assert o["v_rand"] == pytest.approx(2 / 3) and o["v_info"] == pytest.approx(0, abs=1e-12)
+    # the challenge's pixel error: all 20 pixels called cell, 16 are: F = 32 / 36
+    assert o["pixel_error_isbi"] == pytest.approx(1 - 32 / 36)
 
 
 def test_binary_split(tmp_path):

@@ -367,6 +367,20 @@ def test_isbi_threshold_applies_to_the_cell_probability():
     assert r["v_rand_threshold"] == 0.4
 
 
+def test_isbi_pixel_error_is_one_minus_the_best_cell_f_score():
+    truth = two_cells()  # 6 x 10: 48 cell pixels, membrane in columns 4-5
+    prob = np.where(truth, 0.65, 0.0)  # cell probability 0.35 on the membrane, 1 on the cells
+    prob[0, 0] = 0.95  # one cell pixel with cell probability 0.05
+    r = isbi_scores(prob, truth)
+    # t = 0: everything is cell: tp 48, fp 12 -> F = 96 / 108
+    # t = 0.1 .. 0.3: the membrane still counts as cell, (0, 0) does not: tp 47, fp 12, fn 1 -> 94 / 107
+    # t = 0.4 ..: tp 47, fn 1 -> 94 / 95, first reached at 0.4
+    assert r["pixel_fscore_curve"][:5] == pytest.approx([96 / 108, *[94 / 107] * 3, 94 / 95])
+    assert r["pixel_error_isbi"] == pytest.approx(1 / 95) and r["pixel_error_isbi_threshold"] == 0.4
+    # not the share of misclassified pixels: 1 of 60 at the same threshold
+    assert r["pixel_error_isbi"] != pytest.approx(1 / 60)
+
+
 def test_isbi_rejects_bad_input():
     truth = two_cells()
     with pytest.raises(InputError, match="differs"):

@@ -436,8 +436,8 @@ def train_cmd(
     if m := result.metrics:
         typer.echo(
             f"best at step {result.best_step}: V_rand {m['v_rand']:.4f}  V_info {m['v_info']:.4f}  "
-            f"pixel error {m['pixel_error']:.4f} (at best threshold {m['pixel_error_best']:.4f})  "
-            f"Dice {m['dice']:.4f}"
+            f"pixel error {m['pixel_error']:.4f} (at best threshold {m['pixel_error_best']:.4f}; "
+            f"ISBI 1 - F-score {m['pixel_error_isbi']:.4f})  Dice {m['dice']:.4f}"
         )
 
 

@@ -217,6 +217,8 @@ def _binary(
             v_info=isbi["v_info"],
             v_rand_threshold=isbi["v_rand_threshold"],
             v_info_threshold=isbi["v_info_threshold"],
+            pixel_error_isbi=isbi["pixel_error_isbi"],
+            pixel_error_isbi_threshold=isbi["pixel_error_isbi_threshold"],
         )
         k_rand = isbi["thresholds"].index(isbi["v_rand_threshold"])
         k_info = isbi["thresholds"].index(isbi["v_info_threshold"])
@@ -229,6 +231,7 @@ def _binary(
                 "v_rand_curve",
                 "v_info_curve",
                 "v_info_section_mean",
+                "pixel_fscore_curve",
                 "thin",
                 "connectivity",
             )
@@ -439,6 +442,7 @@ def _write_json(path: Path, report: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------- terminal
 _BINARY_COLUMNS = (
     ("pixel_error", "pixel error"),
+    ("pixel_error_isbi", "ISBI pixel error"),
     ("dice", "Dice"),
     ("iou", "IoU"),
     ("v_rand", "V_rand"),
