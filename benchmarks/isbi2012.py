@@ -7,13 +7,17 @@ Trains ``volseg train`` on the ISBI 2012 training stack (membranes = label 0, so
 Dice, AdamW with warm-up and a cosine schedule over the time budget, bf16 where the CPU has it),
 holding out sections 25-29. The best checkpoint (by V_rand) is reported with:
 
-* pixel error at threshold 0.5 and at the best threshold of 0.1 .. 0.9;
+* the share of misclassified pixels at threshold 0.5 and at the best threshold of 0.1 .. 0.9;
+* the challenge's pixel error, 1 - the best F-score of cell pixels over the thresholds 0.0 .. 1.0
+  (the definition on the challenge's evaluation page and in Fiji's script);
 * V_rand and V_info as in the ISBI 2012 evaluation (foreground-restricted, after border thinning,
   best over the thresholds 0.0 .. 1.0), and the Rand error ``1 - V_rand``;
 
 next to the U-Net paper's ISBI 2012 figures (Ronneberger et al. 2015, table 1: pixel error 0.0611,
 Rand error 0.0382). Those were measured on the challenge's hidden test labels; ours on five held-out
-training sections, so they compare in kind, not exactly.
+training sections, so they compare in kind, not exactly. The best model is then scored again with the
+whole halo mirrored at the sections' edges (``--edge 96``, the U-Net paper's overlap-tile) and with
+8-fold test-time augmentation (``--tta``), to show what those inference options change.
 
 Skips with a message when the data is absent (default ``../shared/data/isbi2012`` beside the
 checkout). Writes ``benchmarks/results/isbi2012.json``, the training curves to
@@ -44,15 +48,15 @@ TARGETS = {"pixel_error": 0.065, "v_rand": 0.95}  # issue 3: within 30 minutes o
 
 
 def targets(best: dict) -> str:
-    """One line: each target of the 30-minute run, the measured figure, met or not."""
-    pe, vr = best["pixel_error"], best["v_rand"]
-    ok = {
-        "pe": "met" if pe <= TARGETS["pixel_error"] else "not met",
-        "vr": "met" if vr >= TARGETS["v_rand"] else "not met",
-    }
+    """One line: each target of the 30-minute run, the measured figures, met or not."""
+    met = lambda ok: "met" if ok else "not met"  # noqa: E731
+    pe, pe_best, vr = best["pixel_error_isbi"], best["pixel_error_best"], best["v_rand"]
     return (
-        f"Targets for 30 minutes on this CPU: pixel error <= {TARGETS['pixel_error']} "
-        f"(measured {pe:.4f}: {ok['pe']}), V_rand >= {TARGETS['v_rand']} (measured {vr:.4f}: {ok['vr']})."
+        f"Targets for 30 minutes on this CPU: pixel error <= {TARGETS['pixel_error']}: as the challenge "
+        f"defines it (1 - F) measured {pe:.4f} ({met(pe <= TARGETS['pixel_error'])}); as the share of "
+        f"misclassified pixels at the best threshold {pe_best:.4f} "
+        f"({met(pe_best <= TARGETS['pixel_error'])}). V_rand >= {TARGETS['v_rand']}: measured {vr:.4f} "
+        f"({met(vr >= TARGETS['v_rand'])})."
     )
 
 
@@ -76,10 +80,32 @@ def write_volumes(isbi: Path, out: Path) -> tuple[Path, Path]:
 
 
 def row(name: str, r: dict) -> str:
+    isbi = f"{r['pixel_error_isbi']:.4f}" if "pixel_error_isbi" in r else "n/a"
     return (
-        f"| {name} | {r['pixel_error']:.4f} | {r['pixel_error_best']:.4f} | {r['v_rand']:.4f} "
+        f"| {name} | {r['pixel_error']:.4f} | {r['pixel_error_best']:.4f} | {isbi} | {r['v_rand']:.4f} "
         f"| {1 - r['v_rand']:.4f} | {r['v_info']:.4f} |"
     )
+
+
+def inference_variants(model_path: Path, image: Path, labels: Path, precision: str) -> dict[str, dict]:
+    """The best model on sections 25-29 with the default edge, the whole halo mirrored, and TTA."""
+    import numpy as np
+
+    from volseg.inference import InferOptions, infer_image
+    from volseg.model import load_model
+    from volseg.train import validation_metrics
+    from volseg.volume import open_volume
+
+    model = load_model(model_path)
+    norm = model.volseg_meta["normalization"]
+    img = np.asarray(open_volume(image).array[25:30])
+    membrane = np.asarray(open_volume(labels).array[25:30]) == 0
+    variants = {"default (edge 0)": {}, f"--edge {model.halo}": {"edge": model.halo}, "--tta": {"tta": True}}
+    out = {}
+    for name, kw in variants.items():
+        prob = infer_image(model, img, InferOptions(tile=512, precision=precision, **kw), norm)
+        out[name] = validation_metrics(prob, membrane, "boundary")
+    return out
 
 
 def markdown(res: dict) -> str:
@@ -99,12 +125,19 @@ def markdown(res: dict) -> str:
         f"{100 * res['data_wait_fraction']:.1f} %); best checkpoint at step {res['best_step']}. "
         f"Machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']}.{busy}",
         "",
-        "| | pixel error (0.5) | pixel error (best thr.) | V_rand | Rand error (1 - V_rand) | V_info |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| | misclassified (0.5) | misclassified (best thr.) | ISBI pixel error (1 - F) | V_rand "
+        "| Rand error (1 - V_rand) | V_info |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
         row(f"volseg, best checkpoint (step {res['best_step']})", best),
         row(f"volseg, last step ({res['steps']})", res["final"]),
-        f"| U-Net paper, ISBI test set | {PAPER['pixel_error']} | | | {PAPER['rand_error']} | |",
+        *(row(f"best checkpoint, {k}", v) for k, v in res.get("variants", {}).items()),
+        f"| U-Net paper, ISBI test set | | | {PAPER['pixel_error']} | | {PAPER['rand_error']} | |",
         "",
+        "Two pixel errors: the share of misclassified pixels (at 0.5, and at the best of the "
+        "thresholds 0.1 .. 0.9), and the challenge's pixel error, 1 - the best F-score of cell pixels "
+        "over the thresholds 0.0 .. 1.0, as the challenge's evaluation page defines it and Fiji's "
+        "evaluation script computes it; the paper's 0.0611 is of that kind. With about 78 % cell pixels "
+        "the F-score form is the smaller number. "
         "The paper's figures were computed by the challenge on its hidden test labels; ours on five "
         "held-out training sections with `volseg.metrics.isbi_scores` (foreground-restricted, after "
         "border thinning, best of the thresholds 0.0 .. 1.0), so they compare in kind, not exactly. "
@@ -261,13 +294,15 @@ def main() -> int:
         "paper": PAPER,
         "validations": history,
     }
+    res["variants"] = inference_variants(result.model, image, labels, res["precision"])
     res["cells_stage"] = cells_stage(args.out, result.model, write_pictures=not args.no_doc)
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(res, indent=2) + "\n")
     best = result.metrics
     print(
         f"ISBI 2012, {args.minutes:g} min, {result.steps} steps, best at step {result.best_step}: "
-        f"pixel error {best['pixel_error']:.4f} (best threshold {best['pixel_error_best']:.4f}), "
+        f"pixel error {best['pixel_error']:.4f} (best threshold {best['pixel_error_best']:.4f}; "
+        f"ISBI 1 - F {best['pixel_error_isbi']:.4f}), "
         f"V_rand {best['v_rand']:.4f} (Rand error {1 - best['v_rand']:.4f}), V_info {best['v_info']:.4f}; "
         f"U-Net paper: pixel error {PAPER['pixel_error']}, Rand error {PAPER['rand_error']}"
     )

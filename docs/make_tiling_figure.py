@@ -1,9 +1,10 @@
 """Make ``docs/images/tiling.png``: blocks, the aligned halo window, tiles, and the halo overhead.
 
 Left: one section cut into output chunks. A block (here one chunk) is extended down to the
-pooling grid (multiples of the divisor) and read with a halo on each side; where the window
-leaves the section it is filled by mirroring, as the whole-section reference pads. Inside,
-tiles start at multiples of the tile from the aligned origin, each run with its own halo.
+pooling grid (multiples of the divisor) and read with a halo on each side; at the section's
+edges the window stops ``--edge`` px beyond the section (mirrored pixels; default 0), as the
+whole-section reference does. Inside, tiles start at multiples of the tile from the aligned
+origin, each run with its own halo, clipped the same way.
 Right: the compute overhead ``(T + 2h)^2 / T^2`` against the tile ``T``. Run from the
 repository root::
 
@@ -26,6 +27,7 @@ OUT = Path(__file__).resolve().parent / "images" / "tiling.png"
 SECTION = (540, 720)  # (Y, X) px of the drawn section
 CHUNK = 180
 DIVISOR, HALO, TILE = 32, 64, 128  # illustrative: the default model has divisor 16 and halo 96
+EDGE = 32  # illustrative --edge; the default is 0
 
 
 def rect(ax, y0, y1, x0, x1, **kw):
@@ -38,7 +40,8 @@ def draw_block(ax, by, bx, label_tiles: bool) -> None:
         (by * CHUNK, min((by + 1) * CHUNK, SECTION[0])),
         (bx * CHUNK, min((bx + 1) * CHUNK, SECTION[1])),
     )
-    wy, wx = aligned_window(y0, y1, HALO, DIVISOR), aligned_window(x0, x1, HALO, DIVISOR)
+    wy = aligned_window(y0, y1, HALO, DIVISOR, SECTION[0], EDGE)
+    wx = aligned_window(x0, x1, HALO, DIVISOR, SECTION[1], EDGE)
     rect(ax, wy.lo, wy.hi, wx.lo, wx.hi, fill=False, ec="tab:orange", lw=2, ls="--")
     rect(ax, wy.origin, y1, wx.origin, x1, fc="tab:blue", alpha=0.15, ec="none")
     rect(ax, y0, y1, x0, x1, fc="tab:blue", alpha=0.35, ec="tab:blue", lw=2)
@@ -62,10 +65,10 @@ def draw_block(ax, by, bx, label_tiles: bool) -> None:
         sx, nx = tx[0]
         rect(
             ax,
-            wy.origin + sy - HALO,
-            wy.origin + sy + ny + HALO,
-            wx.origin + sx - HALO,
-            wx.origin + sx + nx + HALO,
+            max(wy.origin + sy - HALO, wy.lo),
+            min(wy.origin + sy + ny + HALO, wy.hi),
+            max(wx.origin + sx - HALO, wx.lo),
+            min(wx.origin + sx + nx + HALO, wx.hi),
             fill=False,
             ec="tab:green",
             lw=1.2,
@@ -76,7 +79,7 @@ def draw_block(ax, by, bx, label_tiles: bool) -> None:
 def section_panel(ax) -> None:
     ax.set_title("a block, its aligned window and its tiles", fontsize=10)
     pad = 110
-    rect(ax, -pad, SECTION[0] + pad, -pad, SECTION[1] + pad, fc="none", ec="0.75", lw=0, hatch="///")
+    rect(ax, -EDGE, SECTION[0] + EDGE, -EDGE, SECTION[1] + EDGE, fc="none", ec="0.75", lw=0, hatch="///")
     rect(ax, 0, SECTION[0], 0, SECTION[1], fc="white", ec="black", lw=2)
     for y in range(0, SECTION[0] + 1, CHUNK):
         ax.plot([0, SECTION[1]], [y, y], color="0.6", lw=0.8)
@@ -85,7 +88,7 @@ def section_panel(ax) -> None:
     for y in range(0, SECTION[0], DIVISOR):  # the pooling grid, as ticks on the left edge
         ax.plot([-8, 0], [y, y], color="tab:purple", lw=0.8)
     draw_block(ax, 1, 1, label_tiles=True)
-    draw_block(ax, 0, 3, label_tiles=False)
+    draw_block(ax, 0, 3, label_tiles=True)
     ax.set_xlim(-pad, SECTION[1] + pad)
     ax.set_ylim(SECTION[0] + pad, -pad)
     ax.set_aspect("equal")
@@ -102,8 +105,18 @@ def section_panel(ax) -> None:
         Rectangle(
             (0, 0), 1, 1, fill=False, ec="tab:green", ls=":", label=f"tiles ({TILE} px, last one shorter)"
         ),
-        Rectangle((0, 0), 1, 1, fill=False, ec="tab:green", ls="--", label="one tile's input: tile + 2 halo"),
-        Rectangle((0, 0), 1, 1, fc="none", ec="0.75", hatch="///", label="outside the section: mirrored"),
+        Rectangle(
+            (0, 0),
+            1,
+            1,
+            fill=False,
+            ec="tab:green",
+            ls="--",
+            label="one tile's input: tile + 2 halo, within the edge",
+        ),
+        Rectangle(
+            (0, 0), 1, 1, fc="none", ec="0.75", hatch="///", label=f"--edge {EDGE}: mirrored (default 0)"
+        ),
     ]
     ax.legend(
         handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=8, ncol=2, frameon=False

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from volseg import tiling
 from volseg.errors import OptionError
 from volseg.inference import InferOptions, infer_image, infer_padded, pad_block
 from volseg.model import UNet, UNetConfig, normalize, round_up
@@ -40,9 +41,9 @@ def unet(**kw) -> UNet:
     return model
 
 
-def whole_forward(model: UNet, image: np.ndarray) -> np.ndarray:
-    """Reference: one forward over each reflect-padded whole section (no tiling), logits."""
-    h, c = model.halo, model.config.context
+def whole_forward(model: UNet, image: np.ndarray, edge: int = 0) -> np.ndarray:
+    """Reference: one forward over each whole section, ``edge`` px mirrored (no tiling), logits."""
+    h, c = edge, model.config.context
     padded = pad_block(image, h, c)
     pad_y = round_up(padded.shape[1], model.divisor) - padded.shape[1]
     pad_x = round_up(padded.shape[2], model.divisor) - padded.shape[2]
@@ -83,12 +84,15 @@ def test_normalization_is_applied_to_raw_input():
 
 
 # ----------------------------------------------------------------------- real U-Net
-@pytest.mark.parametrize("kw", [{}, {"depth": 3, "upsample": "bilinear"}])
-def test_tiled_equals_whole_section_for_every_tile_size(image, kw):
+@pytest.mark.parametrize(
+    ("kw", "edge"), [({}, 0), ({}, None), ({"depth": 3, "upsample": "bilinear"}, 0), ({"depth": 3}, 8)]
+)
+def test_tiled_equals_whole_section_for_every_tile_size(image, kw, edge):
     model = unet(**kw)
-    reference = whole_forward(model, image)
+    edge = model.halo if edge is None else edge  # None: the U-Net paper's mirroring of the whole halo
+    reference = whole_forward(model, image, edge)
     tiles = [model.divisor * k for k in (2, 5, 8)]
-    results = {t: infer_image(model, image, InferOptions(tile=t, **FP32)) for t in tiles}
+    results = {t: infer_image(model, image, InferOptions(tile=t, edge=edge, **FP32)) for t in tiles}
     for tile, result in results.items():
         assert np.abs(result - reference).max() < 1e-4, tile
         assert np.abs(result - results[tiles[-1]]).max() < 1e-4, tile
@@ -106,26 +110,34 @@ def test_one_pooling_cell_less_halo_shows_seams(image):
     positive = image - image.min()
 
     def seam(halo: int) -> float:
-        a, b = (infer_image(model, positive, InferOptions(tile=t, halo=halo, **FP32)) for t in (8, 32))
+        # edge = halo: every tile seam sees mirrored context, as in the U-Net paper's tiling
+        opts = [InferOptions(tile=t, halo=halo, edge=model.halo, **FP32) for t in (8, 32)]
+        a, b = (infer_image(model, positive, o) for o in opts)
         return float(np.abs(a - b).max() / a.std())
 
     assert seam(model.halo) < 1e-4 < 1e-3 < seam(model.halo - model.divisor)
 
 
-def test_blocks_with_neighbour_halos_equal_whole_sections(image):
-    """The predict stage's composition: blocks on the divisor grid, each with its neighbours' halo."""
+@pytest.mark.parametrize("edge", [0, None])
+def test_blocks_with_neighbour_halos_equal_whole_sections(image, edge):
+    """The predict stage's composition: blocks on the divisor grid, each with its neighbours' halo,
+    windows clipped to the section's frame (``edge`` mirrored pixels beyond the volume)."""
     model = unet(context=1)
-    h, c, chunk = model.halo, 1, 6 * model.divisor
-    options = InferOptions(tile=4 * model.divisor, **FP32)
-    padded = pad_block(image, h, c)
-    out = np.empty_like(image)
-    for y0 in range(0, image.shape[1], chunk):
-        for x0 in range(0, image.shape[2], chunk):
-            y1, x1 = min(y0 + chunk, image.shape[1]), min(x0 + chunk, image.shape[2])
-            out[:, y0:y1, x0:x1] = infer_padded(
-                model, padded[:, y0 : y1 + 2 * h, x0 : x1 + 2 * h], h, options
-            )
+    h, c, d, chunk = model.halo, 1, model.divisor, 5 * model.divisor
+    e = h if edge is None else edge
+    options = InferOptions(tile=2 * d, edge=e, **FP32)
+    padded = pad_block(image, h, c)  # room for any window: global y is padded y - h
+    (ny, nx), out = image.shape[1:], np.full_like(image, np.nan)
+    for y0 in range(0, ny, chunk):
+        for x0 in range(0, nx, chunk):
+            y1, x1 = min(y0 + chunk, ny), min(x0 + chunk, nx)
+            wy = tiling.aligned_window(y0, y1, h, d, ny, e)
+            wx = tiling.aligned_window(x0, x1, h, d, nx, e)
+            block = padded[:, wy.lo + h : wy.hi + h, wx.lo + h : wx.hi + h]
+            margins = ((wy.origin - wy.lo, wy.hi - y1), (wx.origin - wx.lo, wx.hi - x1))
+            out[:, y0:y1, x0:x1] = infer_padded(model, block, h, options, margins=margins)
     assert np.abs(out - infer_image(model, image, options)).max() < 1e-5
+    assert np.abs(out - whole_forward(model, image, e)).max() < 1e-4
 
 
 def test_batch_size_does_not_change_result(image):

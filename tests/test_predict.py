@@ -150,6 +150,35 @@ def test_unet_stitched_equals_whole_section(tmp_path, em, tile, chunks, roi):
     assert diff < 1e-4
 
 
+@pytest.mark.parametrize(
+    ("edge", "chunks", "roi"), [(8, (2, 37, 41), None), (None, (3, 77, 170), "1:4,5:140,9:170")]
+)
+def test_mirrored_edge_stitched_equals_its_whole_section(tmp_path, em, edge, chunks, roi):
+    """--edge mirrors that much at the volume's edges (None here: the whole halo, as the U-Net paper)."""
+    model = load_model(em["model"])
+    edge = model.halo if edge is None else edge
+    norm = model.volseg_meta["normalization"]
+    ref, no_edge = (
+        infer_image(model, em["img"], InferOptions(edge=e, activation="none", precision="fp32"), norm)
+        for e in (edge, 0)
+    )
+    assert np.abs(ref - no_edge).max() > 100 * 1e-4  # the edge changes the border pixels
+    result = predict(
+        em["model"],
+        em["image"],
+        tmp_path / "p.zarr",
+        tile=24,
+        chunks=chunks,
+        block=chunks,
+        roi=roi,
+        edge=edge,
+        **EXACT,
+    )
+    (z0, z1), (y0, y1), (x0, x1) = result.plan["roi"]
+    assert result.plan["edge"] == edge
+    assert np.abs(read(tmp_path / "p.zarr") - ref[z0:z1, y0:y1, x0:x1]).max() < 1e-4
+
+
 @pytest.mark.isbi
 def test_unet_seam_free_on_isbi(tmp_path, isbi_dir):
     import tifffile
@@ -254,6 +283,8 @@ def test_rerun_resumes_and_mismatched_rerun_is_refused(tmp_path, em):
         predict(other, em["image"], out, chunks=(1, 75, 85))
     with pytest.raises(OutputError, match="exists from another run.*tile"):
         predict(em["model"], em["image"], out, chunks=(1, 75, 85), tile=16)
+    with pytest.raises(OutputError, match="exists from another run.*edge"):
+        predict(em["model"], em["image"], out, chunks=(1, 75, 85), edge=8)
     with pytest.raises(OutputError, match="not written by 'volseg predict'"):
         predict(em["model"], em["image"], em["image"])
     redone = predict(other, em["image"], out, chunks=(1, 75, 85), overwrite=True)
@@ -338,6 +369,8 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, em):
     assert "--tile 20 is not a multiple of 8" in _cli(model, image, out, "--tile", "20")
     assert "--halo" in _cli(model, image, out, "--halo", "-8")
     assert "--halo 20 is not a multiple of 8" in _cli(model, image, out, "--halo", "20")
+    assert "--edge 12 is not a multiple of 8" in _cli(model, image, out, "--edge", "12")
+    assert "--edge" in _cli(model, image, out, "--edge", "-8")
     assert "--roi z range 0:9 is outside the volume" in _cli(model, image, out, "--roi", "0:9,0:10,0:10")
     assert "--scheduler" in _cli(model, image, out, "--scheduler", "mpi")
     assert not out.exists()

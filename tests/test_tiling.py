@@ -142,3 +142,36 @@ def test_plan_overhead_adds_up_every_block(extent, block, offset, k, halo_k, dep
         computed += tiling.window_overhead(inner, tile, halo, divisor) * inner[0] * inner[1]
     expected = computed / (extent[0] * extent[1])
     assert tiling.plan_overhead(extent, block, offset, tile, halo, divisor) == pytest.approx(expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.integers(0, 500),
+    length=st.integers(1, 300),
+    extra=st.integers(0, 300),
+    halo_k=st.integers(0, 6),
+    edge_k=st.integers(0, 8),
+    depth=st.integers(0, 5),
+)
+def test_window_clipped_to_the_sections_frame(start, length, extra, halo_k, edge_k, depth):
+    divisor = 2**depth
+    halo, edge, size = halo_k * divisor, edge_k * divisor, start + length + extra
+    w = tiling.aligned_window(start, start + length, halo, divisor, size, edge)
+    reach = min(edge, halo)
+    assert w.lo == max(w.origin - halo, -reach) and w.hi == min(start + length + halo, size + reach)
+    assert w.lo % divisor == 0  # the frame [-edge, size + edge) starts on the pooling grid too
+    assert w.origin + w.crop == start and w.lo <= w.origin and w.hi >= start + length
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 700), tile_k=st.integers(1, 64), halo_k=st.integers(0, 8), depth=st.integers(2, 4))
+def test_plan_overhead_at_the_volume_edges(n, tile_k, halo_k, depth):
+    divisor = 2**depth
+    tile, halo = tile_k * divisor, halo_k * divisor
+    whole = tiling.plan_overhead((n, n), (n, n), (0, 0), max(tile, n), halo, divisor, (n, n), edge=0)
+    rounded = -(-n // divisor) * divisor
+    assert whole == pytest.approx((rounded / n) ** 2)  # one window, the section itself
+    # mirroring the whole halo costs what reading a halo everywhere costs
+    mirrored = tiling.plan_overhead((n, n), (n, n), (0, 0), tile, halo, divisor, (n, n), edge=halo)
+    assert mirrored == pytest.approx(tiling.plan_overhead((n, n), (n, n), (0, 0), tile, halo, divisor))
+    assert tiling.plan_overhead((n, n), (n, n), (0, 0), tile, halo, divisor, (n, n), edge=0) <= mirrored

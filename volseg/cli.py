@@ -784,6 +784,13 @@ def predict_cmd(
     halo: Annotated[
         int | None, typer.Option(help="Context (px) on each side of a tile; default: the model's.")
     ] = None,
+    edge: Annotated[
+        int | None,
+        typer.Option(
+            help="Mirrored context (px) at the volume's edges, a multiple of 2**depth up to the halo; "
+            "default 0 (the network's zero padding, as in training)."
+        ),
+    ] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Tiles per forward pass; default 1 on CPU, 4 on a GPU.")
     ] = None,
@@ -850,6 +857,7 @@ def predict_cmd(
     options = PredictOptions(
         tile=tile,
         halo=halo,
+        edge=edge,
         batch_size=batch_size,
         precision=precision.value,
         device=device,

@@ -80,6 +80,10 @@ class PredictOptions:
         1024 (the larger the tile, the smaller the halo overhead ``(T + 2h)^2 / T^2``).
     halo
         Context (px) on each side of a tile; ``None``: the model's default halo.
+    edge
+        Mirrored context (px, a multiple of the divisor) at the volume's edges in y and x, at
+        most the halo; ``None``: :data:`volseg.inference.DEFAULT_EDGE` (0: the network's own
+        zero padding, as on every training patch).
     batch_size
         Tiles per forward pass; ``None``: 1 on CPU (no faster batched, and the activations'
         memory grows with it), 4 on a GPU, or what ``memory_limit`` allows.
@@ -125,6 +129,7 @@ class PredictOptions:
 
     tile: int | None = None
     halo: int | None = None
+    edge: int | None = None
     batch_size: int | None = None
     precision: str = "auto"
     device: str = "auto"
@@ -173,6 +178,10 @@ class PredictOptions:
             f"--halo {self.halo!r}: use a non-negative number of pixels (or leave it out for the model's)",
         )
         need(
+            self.edge is None or (isinstance(self.edge, int) and self.edge >= 0),
+            f"--edge {self.edge!r}: use a non-negative number of pixels, e.g. 0 (or the halo to mirror it)",
+        )
+        need(
             self.batch_size is None or self.batch_size >= 1, f"--batch-size {self.batch_size}: use 1 or more"
         )
         need(self.retries >= 0, f"--retries {self.retries}: use 0 or more")
@@ -218,6 +227,7 @@ class Job:
     out_shape: tuple[int, int, int]
     chunks: tuple[int, int, int]
     halo: int
+    edge: int
     divisor: int
     context: int
     infer: Any  # volseg.inference.InferOptions
@@ -246,6 +256,7 @@ class Plan:
     chunks_per_block: tuple[int, int, int]
     tile: int
     halo: int
+    edge: int
     divisor: int
     context: int
     batch_size: int
@@ -286,7 +297,8 @@ class Plan:
             + (f"; mask {self.mask}" if self.mask else ""),
             f"blocks     {self.n_blocks} of {zyx(self.block_shape)} ({self.n_chunks} chunks); "
             f"{self.blocks_done} done, {len(self.pending)} to run ({vox / 1e6:.1f} Mvox in all)",
-            f"tiles      tile {self.tile}, halo {self.halo} (divisor {self.divisor}, "
+            f"tiles      tile {self.tile}, halo {self.halo}, mirrored edge {self.edge} "
+            f"(divisor {self.divisor}, "
             f"z context {self.context}), "
             f"batch {self.batch_size}, {self.precision} on {self.device}",
             f"overhead   halo (T + 2h)^2 / T^2 = {self.halo_overhead:.2f}; computed / output pixels "
@@ -467,30 +479,33 @@ def _volume(path: str, mode: str, run_id: str) -> Volume:
     return vol
 
 
-def read_window(array: Any, job: Job, block: tiling.Block) -> tuple[np.ndarray, tuple[int, int]]:
-    """The block's input: z context, aligned y / x window with halo, mirrored at the volume's edges.
+def read_window(array: Any, job: Job, block: tiling.Block) -> tuple[np.ndarray, tuple[int, int], Any]:
+    """The block's input: z context, aligned y / x window with halo, ``job.edge`` mirrored at the edges.
 
     Returns
     -------
-    (padded, crop)
-        ``padded`` is ``(Z + 2c, Y' + 2h, X' + 2h)`` in the stored dtype, where ``Y' >= Y`` and
-        ``X' >= X`` start on the pooling grid; ``crop`` is where the block starts in ``Y', X'``.
+    (padded, crop, margins)
+        ``padded`` is ``(Z + 2c, top + Y' + bottom, left + X' + right)`` in the stored dtype,
+        where ``Y' >= Y`` and ``X' >= X`` start on the pooling grid; ``crop`` is where the
+        block starts in ``Y', X'``; ``margins`` is ``((top, bottom), (left, right))``: the halo
+        inside the volume, ``job.edge`` at its edges.
     """
-    reads, takes, crops = [], [], []
+    reads, takes, crops, margins = [], [], [], []
     for axis, (span, start, n) in enumerate(zip(block.out, job.roi_start, array.shape, strict=True)):
         lo, hi = start + span.start, start + span.stop
         if axis == 0:
             window = tiling.Window(lo - job.context, hi + job.context, lo, 0)
         else:
-            window = tiling.aligned_window(lo, hi, job.halo, job.divisor)
+            window = tiling.aligned_window(lo, hi, job.halo, job.divisor, n, job.edge)
             crops.append(window.crop)
+            margins.append((window.origin - window.lo, window.hi - hi))
         read, take = tiling.source_window(window.lo, window.hi, n, job.pad_mode)
         reads.append(read)
         takes.append(take)
     data = np.asarray(array[tuple(reads)])
-    if all(np.array_equal(t, np.arange(len(t))) for t in takes):
-        return data, (crops[0], crops[1])
-    return data[np.ix_(*takes)], (crops[0], crops[1])
+    if not all(np.array_equal(t, np.arange(len(t))) for t in takes):
+        data = data[np.ix_(*takes)]
+    return data, (crops[0], crops[1]), (margins[0], margins[1])
 
 
 def convert(probs: np.ndarray, dtype: str) -> np.ndarray:
@@ -504,8 +519,8 @@ def predict_block(model: Any, job: Job, block: tiling.Block, array: Any) -> np.n
     """float32 ``(Z, Y, X)`` probabilities of one block (pure given the input array)."""
     from volseg.inference import infer_padded
 
-    padded, (cy, cx) = read_window(array, job, block)
-    probs = infer_padded(model, padded, job.halo, job.infer, job.normalization)
+    padded, (cy, cx), margins = read_window(array, job, block)
+    probs = infer_padded(model, padded, job.halo, job.infer, job.normalization, margins)
     if probs.ndim == 4:
         probs = probs[1 if job.channel is None else job.channel]
     bz, by, bx = block.shape
@@ -563,14 +578,19 @@ def _resolve_roi(options: PredictOptions, shape: Sequence[int]) -> tiling.Roi:
     return tiling.resolve_roi(roi, shape)
 
 
-def _check_tile_halo(options: PredictOptions, info: _ModelInfo) -> tuple[int | None, int]:
+def _check_tile_halo(options: PredictOptions, info: _ModelInfo) -> tuple[int | None, int, int]:
+    """Tile (None: chosen with the block), halo and mirrored edge, checked against the model."""
+    from volseg.inference import DEFAULT_EDGE
     from volseg.model import check_size
 
     if options.tile is not None:
         check_size(options.tile, info.divisor, "--tile")  # names the nearest valid tiles
     if options.halo is not None:  # windows start on the pooling grid only for such halos
         check_size(options.halo, info.divisor, "--halo", allow_zero=True)
-    return options.tile, info.halo if options.halo is None else options.halo
+    halo = info.halo if options.halo is None else options.halo
+    edge = DEFAULT_EDGE if options.edge is None else options.edge
+    check_size(edge, info.divisor, "--edge", allow_zero=True)  # the frame starts on the grid too
+    return options.tile, halo, min(edge, halo)
 
 
 def _grouping(
@@ -653,7 +673,7 @@ def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Pl
 
     info, module = _model_info(model)
     source = open_volume(image)  # InputError: missing / not a volume
-    tile, halo = _check_tile_halo(options, info)
+    tile, halo, edge = _check_tile_halo(options, info)
     roi = _resolve_roi(options, source.shape)
     out_shape = tuple(b - a for a, b in roi)
     chunks = tuple(min(int(c), s) for c, s in zip(options.chunks or source.chunks, out_shape, strict=True))
@@ -665,7 +685,7 @@ def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Pl
     plan_tile, batch, cpb, mem = _size_blocks(
         options, info, out_shape, chunks, tile, halo, precision, source.dtype.itemsize, parallel, device
     )
-    identity = _identity(info, source, roi, chunks, options, plan_tile, halo)
+    identity = _identity(info, source, roi, chunks, options, plan_tile, halo, edge)
     existing = _existing_done(outp, mask, identity, options.overwrite)
     all_blocks = list(tiling.blocks(out_shape, chunks, cpb))
     pending = [b for b in all_blocks if not all(c in existing for c in b.chunk_ids)]
@@ -683,6 +703,7 @@ def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Pl
         chunks_per_block=cpb,
         tile=plan_tile,
         halo=halo,
+        edge=edge,
         divisor=info.divisor,
         context=info.context,
         batch_size=batch,
@@ -697,12 +718,19 @@ def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Pl
         blocks_done=len(all_blocks) - len(pending),
         halo_overhead=tiling.halo_overhead(plan_tile, halo),
         compute_overhead=tiling.plan_overhead(
-            out_shape[1:], block_shape[1:], [a for a, _ in roi[1:]], plan_tile, halo, info.divisor
+            out_shape[1:],
+            block_shape[1:],
+            [a for a, _ in roi[1:]],
+            plan_tile,
+            halo,
+            info.divisor,
+            source.shape[1:],
+            edge,
         ),
         memory_per_block=mem,
         memory_total=mem * max(1, parallel) + BASE_MEMORY,
         identity=identity,
-        settings=_settings(options, plan_tile, halo, batch, cpb),
+        settings=_settings(options, plan_tile, halo, edge, batch, cpb),
         pending=pending,
     )
     return plan, (info, module, source)
@@ -780,6 +808,7 @@ def _identity(
     options: PredictOptions,
     tile: int,
     halo: int,
+    edge: int,
 ) -> dict[str, Any]:
     """The settings that change output values: a rerun must match them to resume.
 
@@ -796,6 +825,7 @@ def _identity(
         "threshold": options.threshold,
         "tile": tile,
         "halo": halo,
+        "edge": edge,
         "precision": options.precision,
         "device": options.device,
         "tta": options.tta,
@@ -806,10 +836,10 @@ def _identity(
 
 
 def _settings(
-    options: PredictOptions, tile: int, halo: int, batch: int, cpb: Sequence[int]
+    options: PredictOptions, tile: int, halo: int, edge: int, batch: int, cpb: Sequence[int]
 ) -> dict[str, Any]:
     settings = {k: v for k, v in asdict(options).items() if k != "progress"}
-    settings.update(tile=tile, halo=halo, batch_size=batch, chunks_per_block=list(cpb))
+    settings.update(tile=tile, halo=halo, edge=edge, batch_size=batch, chunks_per_block=list(cpb))
     return json.loads(json.dumps(settings, default=str))
 
 
@@ -1184,6 +1214,7 @@ def _job(plan: Plan, info: _ModelInfo, options: PredictOptions, torch_threads: A
     infer = InferOptions(
         tile=plan.tile,
         halo=plan.halo,
+        edge=plan.edge,
         batch_size=plan.batch_size,
         precision=options.precision,
         device=options.device,
@@ -1201,6 +1232,7 @@ def _job(plan: Plan, info: _ModelInfo, options: PredictOptions, torch_threads: A
         out_shape=plan.out_shape,
         chunks=plan.chunks,
         halo=plan.halo,
+        edge=plan.edge,
         divisor=plan.divisor,
         context=plan.context,
         infer=infer,

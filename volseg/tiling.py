@@ -51,6 +51,7 @@ __all__ = [
     "resolve_roi",
     "source_window",
     "tile_starts",
+    "tile_windows",
     "window_overhead",
 ]
 
@@ -189,17 +190,25 @@ class Window:
         return self.hi - self.lo
 
 
-def aligned_window(start: int, stop: int, halo: int, divisor: int) -> Window:
+def aligned_window(
+    start: int, stop: int, halo: int, divisor: int, size: int | None = None, edge: int | None = None
+) -> Window:
     """Input window for the inner region ``[start, stop)`` (global), pooling grid aligned.
 
     The inner region is extended down to the previous multiple of ``divisor`` so that tiles
     taken at multiples of ``divisor`` from it sit on the global pooling grid, then ``halo``
-    pixels are added on both sides.
+    pixels are added on both sides. Given the axis ``size`` of the volume, the window stops
+    ``edge`` pixels (at most ``halo``; ``None``: ``halo``) beyond the volume's edges: the
+    section's frame ``[-edge, size + edge)``, where the whole-section reference stops too.
     """
     if stop <= start:
         raise ValueError(f"empty region [{start}, {stop})")
     origin = (start // divisor) * divisor
-    return Window(lo=origin - halo, hi=stop + halo, origin=origin, crop=start - origin)
+    lo, hi = origin - halo, stop + halo
+    if size is not None:
+        reach = halo if edge is None else min(edge, halo)
+        lo, hi = max(lo, -reach), min(hi, size + reach)
+    return Window(lo=lo, hi=hi, origin=origin, crop=start - origin)
 
 
 def pad_indices(lo: int, hi: int, n: int, mode: str = "symmetric") -> np.ndarray:
@@ -247,36 +256,66 @@ def tile_starts(length: int, tile: int, divisor: int) -> list[tuple[int, int]]:
     return [(s, min(step, length - s)) for s in range(0, length, step)]
 
 
+def tile_windows(
+    length: int, tile: int, divisor: int, halo: int, before: int, total: int
+) -> list[tuple[int, int, int, int, int]]:
+    """``(start, size, window start, window size, offset)`` of the tiles along one axis of a block.
+
+    The block's axis holds ``total`` pixels, its inner region of ``length`` starting at
+    ``before``. Each inner tile (:func:`tile_starts`) takes ``halo`` pixels on both sides,
+    clipped to the block: where the block holds less, the section ends there. ``offset`` is
+    where the inner tile starts in its window.
+    """
+    out = []
+    for start, size in tile_starts(length, tile, divisor):
+        lo = max(before + start - halo, 0)
+        hi = min(before + start + size + halo, total)
+        out.append((start, size, lo, hi - lo, before + start - lo))
+    return out
+
+
 def halo_overhead(tile: int, halo: int) -> float:
     """Compute overhead of a halo for square tiles: ``(tile + 2 halo)**2 / tile**2``."""
     return (tile + 2 * halo) ** 2 / tile**2
 
 
 def window_overhead(inner: Sequence[int], tile: int, halo: int, divisor: int) -> float:
-    """Pixels the model computes per inner pixel for one inner region ``(Y, X)``.
+    """Pixels the model computes per inner pixel for one inner region ``(Y, X)`` with a full halo.
 
     Each tile of size ``n`` runs a window of ``n + 2 halo`` rounded up to ``divisor``.
     """
-    computed = math.prod(_computed(length, tile, halo, divisor) for length in inner)
+    computed = math.prod(_computed(length, tile, halo, divisor, halo, length + 2 * halo) for length in inner)
     return computed / math.prod(inner)
 
 
 def plan_overhead(
-    extent: Sequence[int], block: Sequence[int], offset: Sequence[int], tile: int, halo: int, divisor: int
+    extent: Sequence[int],
+    block: Sequence[int],
+    offset: Sequence[int],
+    tile: int,
+    halo: int,
+    divisor: int,
+    size: Sequence[int] | None = None,
+    edge: int | None = None,
 ) -> float:
     """Pixels computed per output pixel over a whole plan of ``(Y, X)`` blocks.
 
     ``extent`` is the output's ``(Y, X)``, ``block`` the block's, ``offset`` where the output
     starts in the volume (the ROI); each block's inner region is first extended down to the
-    pooling grid (:func:`aligned_window`).
+    pooling grid and its window clipped to the section's frame (:func:`aligned_window` with the
+    volume's ``size`` and ``edge``; without ``size`` the halo is read everywhere).
     """
     computed = 1
-    for n, b, o in zip(extent, block, offset, strict=True):
-        computed *= sum(
-            _computed(min(s + b, n) - s + (o + s) % divisor, tile, halo, divisor) for s in range(0, n, b)
-        )
+    for axis, (n, b, o) in enumerate(zip(extent, block, offset, strict=True)):
+        total = 0
+        for s in range(0, n, b):
+            start, stop = o + s, o + min(s + b, n)
+            w = aligned_window(start, stop, halo, divisor, None if size is None else size[axis], edge)
+            total += _computed(stop - w.origin, tile, halo, divisor, w.origin - w.lo, w.hi - w.lo)
+        computed *= total
     return computed / math.prod(extent)
 
 
-def _computed(length: int, tile: int, halo: int, divisor: int) -> int:
-    return sum(-(-(n + 2 * halo) // divisor) * divisor for _, n in tile_starts(length, tile, divisor))
+def _computed(length: int, tile: int, halo: int, divisor: int, before: int, total: int) -> int:
+    windows = tile_windows(length, tile, divisor, halo, before, total)
+    return sum(-(-w // divisor) * divisor for _, _, _, w, _ in windows)

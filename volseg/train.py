@@ -609,9 +609,10 @@ def validation_metrics(prob: np.ndarray, positive: np.ndarray, foreground_kind: 
 
     ``pixel_error`` (the share of misclassified pixels) and ``dice`` are taken at 0.5,
     ``pixel_error_best`` at the best of the thresholds 0.1 .. 0.9; ``pixel_error_isbi`` is the
-    challenge's pixel error (1 - the best F-score of cell pixels). The ISBI scores take a membrane probability and the membrane
-    truth: with ``foreground_kind="boundary"`` those are ``prob`` and ``positive``; with
-    ``"object"`` they are ``1 - prob`` and ``~positive`` (the objects play the cells).
+    challenge's pixel error (1 - the best F-score of cell pixels). The ISBI scores take a
+    membrane probability and the membrane truth: with ``foreground_kind="boundary"`` those
+    are ``prob`` and ``positive``; with ``"object"`` they are ``1 - prob`` and ``~positive``
+    (the objects play the cells).
     """
     from volseg.metrics import ConfusionCounts, isbi_scores
 
@@ -639,7 +640,7 @@ class Validator:
 
     Each run of consecutive held-out sections is read once with ``context`` real neighbours
     (mirrored beyond the stack ends, :data:`volseg.inference.PAD_MODE`) and padded by the
-    model's halo in y and x, exactly as a whole-volume prediction would see it.
+    default mirrored edge in y and x, exactly as a whole-volume prediction would see it.
     """
 
     def __init__(self, data: TrainData, config: TrainConfig, device: torch.device, precision: str) -> None:
@@ -659,9 +660,10 @@ class Validator:
         )
 
     def __call__(self, model: UNet) -> dict[str, float]:
-        halo = int(model.halo)
+        halo, edge = int(model.halo), self.options.edge_for(model)
+        margins = ((edge, edge), (edge, edge))
         probs = [
-            infer_padded(model, pad_block(raw, halo), halo, self.options, self.normalization)
+            infer_padded(model, pad_block(raw, edge), halo, self.options, self.normalization, margins)
             for raw in self.blocks
         ]
         return validation_metrics(np.concatenate(probs), self.positive, self.kind)
