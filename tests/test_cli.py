@@ -62,3 +62,17 @@ def test_info_json(tmp_path):
     assert data["shape"] == [2, 8, 8] and data["completion"]["status"] == "complete"
     human = runner.invoke(app, ["info", str(tmp_path / "v.zarr")])
     assert human.exit_code == 0 and "2 x 8 x 8" in human.stdout and "complete" in human.stdout
+
+
+def test_unexpected_exception_exits_non_zero(tmp_path):
+    """A bug (not a VolsegError) is never reported as success: traceback and a non-zero exit."""
+    code = (
+        "import sys, volseg.volume as v\n"
+        "def boom(*a, **k):\n"
+        "    raise RuntimeError('boom: a bug')\n"
+        "v.open_volume = boom\n"
+        "from volseg.cli import main\n"
+        f"main(['info', {str(tmp_path / 'x.zarr')!r}])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode not in (0, 2) and "RuntimeError: boom: a bug" in out.stderr

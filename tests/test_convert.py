@@ -354,6 +354,30 @@ def test_resume_after_crash_gives_identical_volume(tmp_path, rng, monkeypatch):
     assert convert(tmp_path / "s.tif", out, resume=True, **opts).complete  # complete: nothing to do
 
 
+def test_shards_convert_resume_and_refuse_bad_shapes(tmp_path, rng, monkeypatch):
+    data = rng.integers(0, 256, (5, 70, 90), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", data, photometric="minisblack")
+    out, opts = tmp_path / "v.zarr", {"chunks": (1, 16, 32), "shards": (1, 64, 64)}
+    _crash_after(monkeypatch, 4)  # blocks are shards: grid 5 x 2 x 2 = 20
+    with pytest.raises(KeyboardInterrupt):
+        convert(tmp_path / "s.tif", out, **opts)
+    monkeypatch.undo()
+    assert len(open_volume(out).done_blocks()) == 4
+    with pytest.raises(OutputError, match="shards"):
+        convert(tmp_path / "s.tif", out, resume=True, chunks=(1, 16, 32), shards=(1, 32, 64))
+    vol = convert(tmp_path / "s.tif", out, resume=True, **opts)
+    assert vol.complete and vol.shards == (1, 64, 64) and vol.block_grid == (5, 2, 2)
+    np.testing.assert_array_equal(stored(out), data)
+    assert len(list((out / "0" / "c").rglob("*"))) < 5 * 5 * 3  # shard files, not chunk files
+    unsharded = convert(tmp_path / "s.tif", tmp_path / "plain.zarr", chunks=(1, 16, 32))
+    np.testing.assert_array_equal(stored(unsharded.path), data)
+    bad = cli(
+        "convert", tmp_path / "s.tif", tmp_path / "bad.zarr", "--chunks", "1,16,32", "--shards", "1,40,64"
+    )
+    line = one_line_error(bad, "--shards")
+    assert "multiple of the chunks" in line and not looks_complete(tmp_path / "bad.zarr")
+
+
 def test_resume_after_lost_records_rewrites_exactly_those_blocks(tmp_path, rng, monkeypatch):
     data = rng.integers(0, 2**16, (3, 70, 90), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "s.tif", data, photometric="minisblack")

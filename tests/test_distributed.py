@@ -71,8 +71,10 @@ def test_local_cluster_of_two_workers_survives_a_killed_worker(tmp_path, data):
         time.sleep(0.01)
     workers = sorted(_spawned_children() - before)
     assert len(workers) == 2, workers
+    done_at_kill = len(os.listdir(done_dir)) if done_dir.is_dir() else 0
     os.kill(workers[0], signal.SIGKILL)
     thread.join(180)
+    assert done_at_kill < 36, "the worker died after the run had finished: nothing was tested"
     assert "error" not in outcome, outcome.get("error")
     result = outcome["result"]
     assert result.plan["scheduler"] == "local-cluster" and result.plan["parallel"] == 2

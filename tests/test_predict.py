@@ -407,3 +407,30 @@ def test_cli_runs_and_prints_a_summary(tmp_path, em):
     assert res.exit_code == 0, res.output
     assert "blocks written" in res.stdout and "Mvox/s" in res.stdout and "(complete)" in res.stdout
     assert Path(tmp_path / "p.zarr").is_dir()
+
+
+def test_gpus_are_shared_out_one_per_worker_thread(monkeypatch):
+    """With several GPUs, cuda / auto become cuda:k, one per worker (here: per thread), in turn."""
+    import threading
+
+    import torch
+
+    from volseg import predict as stage
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert stage.worker_device("cpu") == "cpu" and stage.worker_device("cuda:1") == "cuda:1"
+    seen: list[tuple[str, str]] = []
+
+    def worker() -> None:
+        seen.append((stage.worker_device("cuda"), stage.worker_device("auto")))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(a == b for a, b in seen)  # a thread keeps its GPU
+    assert sorted(a for a, _ in seen) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1", "cuda:2", "cuda:2"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert stage.worker_device("cuda") == "cuda"

@@ -797,7 +797,13 @@ def predict_cmd(
     precision: Annotated[
         Precision, typer.Option(help="auto = bf16 where the hardware has it.")
     ] = Precision.auto,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (one worker per GPU).")] = "auto",
+    device: Annotated[
+        str,
+        typer.Option(
+            help="auto, cpu, cuda or cuda:N; with several GPUs, auto / cuda give each worker (or thread) "
+            "its own."
+        ),
+    ] = "auto",
     dtype: Annotated[
         OutDtype, typer.Option(help="Output values; uint8 = probability x 255.")
     ] = OutDtype.uint8,
@@ -927,6 +933,13 @@ def convert_cmd(
             "listing the section file names in order."
         ),
     ] = None,
+    shards: Annotated[
+        str | None,
+        typer.Option(
+            help="Shard shape Z,Y,X in whole chunks (e.g. 1,8192,8192): one file per shard instead of per "
+            "chunk, for stacks with very many chunks; default: no shards."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted conversion (same sources and options).")
@@ -954,6 +967,7 @@ def convert_cmd(
         resume=resume,
         channel=channel,
         order=order,
+        shards=parse_ints(shards, "--shards"),
         progress=progress,
     )
     zyx = lambda v: " x ".join(str(x) for x in v)  # noqa: E731

@@ -106,6 +106,7 @@ class ConvertOptions:
     unit: str | None = None
     channel: int | None = None
     order: str | None = None
+    shards: tuple[int, int, int] | None = None
 
     @classmethod
     def checked(
@@ -117,10 +118,13 @@ class ConvertOptions:
         unit: str | None = None,
         channel: int | None = None,
         order: str | os.PathLike | None = None,
+        shards: Sequence[int] | None = None,
     ) -> ConvertOptions:
         """Build options from user values, naming the bad value and the fix."""
         if chunks is not None:
             chunks = _positive_triple(chunks, "chunks", int, "1,1024,1024")
+        if shards is not None:
+            shards = _positive_triple(shards, "shards", int, "1,8192,8192")
         if voxel_size is not None:
             voxel_size = _positive_triple(voxel_size, "voxel_size", float, "50,4,4")
         if unit is not None:
@@ -135,7 +139,7 @@ class ConvertOptions:
         if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int) or channel < 0):
             raise OptionError(f"--channel {channel!r}: expected a channel index 0, 1, 2, ...")
         order = None if order is None else os.fspath(order)
-        return cls(chunks, codec, voxel_size, unit, channel, order)  # type: ignore[arg-type]
+        return cls(chunks, codec, voxel_size, unit, channel, order, shards)  # type: ignore[arg-type]
 
 
 def _positive_triple(value: Any, name: str, kind: type, example: str) -> tuple:
@@ -694,6 +698,7 @@ def convert(
     resume: bool = False,
     channel: int | None = None,
     order: str | os.PathLike | None = None,
+    shards: Sequence[int] | None = None,
     progress: bool = False,
 ) -> Volume:
     """Convert a TIFF / PNG stack into an OME-Zarr volume, band by band.
@@ -719,6 +724,10 @@ def convert(
         Channel (or RGB sample) to convert from a multi-channel source.
     order
         Folders and globs: ``"natural"`` (default), ``"name"``, or a text file listing section file names.
+    shards
+        Shard shape ``(Z, Y, X)``, whole chunks each (Zarr v3 sharding): one file per shard
+        instead of per chunk, for stacks with very many chunks. A shard is then the unit that is
+        written, fsynced and recorded as done, and a band is one shard deep. Default: no shards.
     progress
         Show a progress bar (sections/s, ETA) on stderr.
 
@@ -728,7 +737,13 @@ def convert(
         The complete volume, shape ``(Z, Y, X)``, the source's dtype.
     """
     opts = ConvertOptions.checked(
-        chunks=chunks, codec=codec, voxel_size=voxel_size, unit=unit, channel=channel, order=order
+        chunks=chunks,
+        codec=codec,
+        voxel_size=voxel_size,
+        unit=unit,
+        channel=channel,
+        order=order,
+        shards=shards,
     )
     if overwrite and resume:
         raise OptionError("--overwrite and --resume exclude each other: choose one")
@@ -768,8 +783,23 @@ def _config(src: str | os.PathLike, stack: Stack, opts: ConvertOptions) -> dict[
         "unit": cal.unit,
         "channel": opts.channel,
         "order": opts.order,
+        "shards": _shards(opts.shards, chunks, stack.shape),
     }
     return json.loads(json.dumps(config))  # the form it takes once stored
+
+
+def _shards(shards: Sequence[int] | None, chunks: Sequence[int], shape: Sequence[int]) -> list[int] | None:
+    """Shards clipped to the stack (rounded up to whole chunks); refused unless whole chunks."""
+    if shards is None:
+        return None
+    clipped = [max(c, min(s, -(-n // c) * c)) for s, c, n in zip(shards, chunks, shape, strict=True)]
+    if any(s % c for s, c in zip(clipped, chunks, strict=True)):
+        example = ",".join(str(c * 4 if i else c) for i, c in enumerate(chunks))
+        raise OptionError(
+            f"--shards {','.join(map(str, shards))}: each side must be a multiple of the chunks "
+            f"{','.join(map(str, chunks))}, e.g. {example}"
+        )
+    return clipped
 
 
 def _create(out: Path, stack: Stack, config: dict[str, Any], overwrite: bool) -> Volume:
@@ -781,6 +811,7 @@ def _create(out: Path, stack: Stack, config: dict[str, Any], overwrite: bool) ->
         codec=config["codec"],
         voxel_size=config["voxel_size"],
         unit=config["unit"],
+        shards=config["shards"],
         overwrite=overwrite,
         provenance_block=provenance(stack.files, config),
     )
@@ -796,7 +827,7 @@ def _reopen(out: Path, stack: Stack, config: dict[str, Any]) -> Volume:
     old = vol.provenance.get("config", {})
     if old.get("stage") != "convert":
         raise OutputError(f"cannot resume {out}: it was not written by 'volseg convert'; {again}")
-    for key in ("shape", "dtype", "chunks", "codec", "voxel_size", "unit", "channel", "order"):
+    for key in ("shape", "dtype", "chunks", "codec", "voxel_size", "unit", "channel", "order", "shards"):
         if old.get(key) != config[key]:
             raise OutputError(
                 f"cannot resume {out}: it was made with {key} {old.get(key)!r}, this run has "

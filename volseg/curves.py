@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["plot_curves", "read_log", "smooth"]
 
-VAL_METRICS = ("pixel_error", "dice", "v_rand", "v_info")
+VAL_METRICS = ("pixel_error", "pixel_error_isbi", "dice", "v_rand", "v_info")
 
 
 def read_log(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

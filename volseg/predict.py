@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -418,8 +419,13 @@ def _module_digest(module: Any) -> str:
     return digest.hexdigest()
 
 
-def _worker_model(job: Job) -> Any:
-    """The model for ``job`` in this process: loaded and prepared once, then reused by every task."""
+def _worker_model(job: Job) -> tuple[Any, Any]:
+    """The model for ``job`` in this worker, and the inference options for its device.
+
+    Loaded and prepared once per process and device, then reused by every task.
+    """
+    import copy
+
     import torch
 
     from volseg.model import load_model, prepare_for_inference
@@ -427,10 +433,12 @@ def _worker_model(job: Job) -> Any:
     threads = job.torch_threads
     if isinstance(threads, dict):
         threads = threads.get(_worker_address(), None)
+    device = worker_device(job.infer.device)
+    infer = job.infer if device == job.infer.device else replace(job.infer, device=device)
     with _MODELS_LOCK:
         if threads and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        key = (job.model_key, job.infer.device)
+        key = (job.model_key, device)
         model = _MODELS.get(key)
         if model is None:
             model = _MODELS.get((job.model_key, None))  # registered by predict() in this process
@@ -438,10 +446,47 @@ def _worker_model(job: Job) -> Any:
                 if job.model_path is None:
                     raise RuntimeError("an in-memory model needs the threads or synchronous scheduler")
                 model = load_model(job.model_path, device="cpu")
+            elif any(v is model for k, v in _MODELS.items() if k[1] is not None):
+                model = copy.deepcopy(model)  # already prepared for another device (GPU)
             # Converted once, under the lock: infer_padded's own conversion is then a no-op, so
             # no thread swaps the weights while another one runs a forward pass.
-            model = _MODELS[key] = prepare_for_inference(model, job.infer.device)
-        return model
+            model = _MODELS[key] = prepare_for_inference(model, device)
+        return model, infer
+
+
+def worker_device(device: str) -> str:
+    """The device of this worker: with several GPUs, ``cuda`` / ``auto`` become one GPU per worker.
+
+    The workers of ``--workers N`` (a LocalCluster, named 0 .. N-1) and the threads of one
+    process take ``cuda:0``, ``cuda:1``, ... in turn, so that tasks spread over the GPUs. A
+    worker started by hand should be given its GPU with ``CUDA_VISIBLE_DEVICES`` (it then sees
+    one). Any other device is returned as it is.
+    """
+    import torch
+
+    if device not in ("auto", "cuda") or not torch.cuda.is_available():
+        return device
+    count = torch.cuda.device_count()
+    return device if count < 2 else f"cuda:{_worker_slot() % count}"
+
+
+_SLOT = threading.local()
+_SLOTS = itertools.count()
+
+
+def _worker_slot() -> int:
+    """0, 1, 2, ...: a LocalCluster worker's name, else one number per thread of this process."""
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+        if isinstance(name, int):
+            return name
+    except (ImportError, ValueError):
+        pass
+    if not hasattr(_SLOT, "value"):
+        _SLOT.value = next(_SLOTS)
+    return _SLOT.value
 
 
 def _worker_address() -> str | None:
@@ -515,12 +560,15 @@ def convert(probs: np.ndarray, dtype: str) -> np.ndarray:
     return probs.astype(dtype)
 
 
-def predict_block(model: Any, job: Job, block: tiling.Block, array: Any) -> np.ndarray:
-    """float32 ``(Z, Y, X)`` probabilities of one block (pure given the input array)."""
+def predict_block(model: Any, job: Job, block: tiling.Block, array: Any, infer: Any = None) -> np.ndarray:
+    """float32 ``(Z, Y, X)`` probabilities of one block (pure given the input array).
+
+    ``infer``: the inference options (default ``job.infer``), with this worker's device.
+    """
     from volseg.inference import infer_padded
 
     padded, (cy, cx), margins = read_window(array, job, block)
-    probs = infer_padded(model, padded, job.halo, job.infer, job.normalization, margins)
+    probs = infer_padded(model, padded, job.halo, infer or job.infer, job.normalization, margins)
     if probs.ndim == 4:
         probs = probs[1 if job.channel is None else job.channel]
     bz, by, bx = block.shape
@@ -556,9 +604,9 @@ def run_block(job: Job, block: tiling.Block) -> BlockStatus:
     start = time.perf_counter()
     for attempt in range(job.attempts):
         try:
-            model = _worker_model(job)
+            model, infer = _worker_model(job)
             source = _volume(job.image, "r", job.run_id)
-            probs = predict_block(model, job, block, source.array)
+            probs = predict_block(model, job, block, source.array, infer)
             written = _write_chunks(job, block, probs)
             return BlockStatus(block.index, block.size, written, time.perf_counter() - start)
         except Exception as exc:
