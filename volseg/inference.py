@@ -2,29 +2,31 @@
 
 The contract shared by training's validation and the predict stage
 -------------------------------------------------------------------
-:func:`infer_padded` takes a block of raw sections that already carries its context: ``h``
-pixels of real data (or edge padding) on each side in y and x, and ``c = model.config.context``
-sections on each side in z. It returns the probabilities of the inner block, and the result
+:func:`infer_padded` takes a block of raw sections that already carries its context: up to ``h``
+pixels of real data on each side in y and x (``margins``; less only where the section ends,
+after ``edge`` mirrored pixels), and ``c = model.config.context`` sections on each side in z. It returns the probabilities of the inner block, and the result
 does not depend on the tile size, the batch size or where the block sits in the volume:
 
 * inner tiles start at multiples of ``tile`` (a multiple of ``model.divisor``) from the inner
   origin, so every tile's input window lies on the network's pooling grid, the same grid as a
-  whole-section forward of the block padded by ``h``;
+  whole-section forward; windows take ``h`` on each side and stop where the block's context
+  stops, as the whole-section forward stops at the (edge-padded) section's edges;
 * a window that is not a multiple of the divisor (the last tile in a row or column, when the
   block's size is not a multiple of the divisor) is padded at its far end by symmetric reflection
   of the block, exactly as a whole-section forward pads the end of the padded section.
 
 With ``h >= model.halo`` (a multiple of the divisor) the output equals a whole-section forward of
-the same sections padded by ``h`` (measured: identical for float32 on CPU). A smaller halo is
+the same sections padded by the same edge (measured: identical for float32 on CPU). A smaller halo is
 *not* a safe speed-up: a trained model's output changes by 0.01 in probability at 5/6 of it.
 Blocks must start (in y and x) on the divisor grid of the volume, and only blocks at the volume's
 far edge may have a size that is not a multiple of the divisor; both hold when the chunk size is
 a multiple of the divisor.
 
-Edges of the volume are padded with numpy's ``"symmetric"`` mode (the edge pixel repeated:
-``[2 1 0 | 0 1 2]``), which is what ``dask.array.overlap`` calls ``boundary="reflect"``; use
-:func:`pad_block` (or dask's reflect boundary) so that blocks at the edges match
-:func:`infer_image`.
+At the volume's edges, ``edge`` pixels (:attr:`InferOptions.edge`, default :data:`DEFAULT_EDGE`)
+are mirrored with numpy's ``"symmetric"`` mode (the edge pixel repeated: ``[2 1 0 | 0 1 2]``),
+which is what ``dask.array.overlap`` calls ``boundary="reflect"``; beyond them the network's
+zero padding applies. :func:`infer_image` does this for whole sections; a caller that builds
+blocks gives :func:`infer_padded` the same pixels and the ``margins`` it holds.
 
 Normalisation: pass the raw values and ``normalization`` (the model file's dict); each window
 is cast to float32 and normalised as it is batched, so no float copy of the whole block is made.
@@ -66,9 +68,9 @@ __all__ = [
 
 #: numpy pad mode for volume edges and short tiles; dask.array.overlap's boundary="reflect".
 PAD_MODE = "symmetric"
-#: Mirrored context (px) at the volume's edges by default (see :attr:`InferOptions.edge`). None:
-#: the models train on patches whose borders meet the zero padding, and on the ISBI 2012
-#: validation sections mirroring the whole halo changed no score (docs/tiling.md).
+#: Mirrored context (px) at the volume's edges by default (see :attr:`InferOptions.edge`). None
+#: is needed: the models train on patches whose borders meet the zero padding, and on the ISBI
+#: 2012 validation sections mirroring the whole halo changed no score (docs/tiling.md).
 DEFAULT_EDGE = 0
 Margins = tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right)) context in y and x
 ACTIVATIONS = ("auto", "sigmoid", "softmax", "none")

@@ -16,12 +16,13 @@ chunk still has exactly one writer.
 Seam-free windows
 -----------------
 The model is a 2-D U-Net whose pooling grid must line up with the whole-section reference
-(:func:`volseg.inference.infer_image`), which pads the section by the halo and tiles from
-global coordinate 0. A block whose inner region starts at global ``y0`` therefore computes
+(:func:`volseg.inference.infer_image`), which extends the section by ``edge`` mirrored pixels
+and tiles from there. A block whose inner region starts at global ``y0`` therefore computes
 from the aligned origin ``floor(y0 / divisor) * divisor`` (at most ``divisor - 1`` extra
-pixels) and reads ``halo`` more pixels on each side; :func:`aligned_window` gives that window
-and how much of its output to crop. Pixels of the window outside the volume are taken by
-mirroring (:func:`pad_indices`, numpy's pad modes), exactly as the reference pads the whole
+pixels) and reads ``halo`` more pixels on each side, but never beyond the section's frame
+``[-edge, size + edge)``, where the reference stops too; :func:`aligned_window` gives that
+window and how much of its output to crop. Pixels of the window outside the volume are taken
+by mirroring (:func:`pad_indices`, numpy's pad modes), exactly as the reference extends the
 section, so the stitched output equals the whole-section output.
 """
 
