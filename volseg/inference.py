@@ -4,8 +4,9 @@ The contract shared by training's validation and the predict stage
 -------------------------------------------------------------------
 :func:`infer_padded` takes a block of raw sections that already carries its context: up to ``h``
 pixels of real data on each side in y and x (``margins``; less only where the section ends,
-after ``edge`` mirrored pixels), and ``c = model.config.context`` sections on each side in z. It returns the probabilities of the inner block, and the result
-does not depend on the tile size, the batch size or where the block sits in the volume:
+after ``edge`` mirrored pixels), and ``c = model.config.context`` sections on each side in z.
+It returns the probabilities of the inner block, and the result does not depend on the tile
+size, the batch size or where the block sits in the volume:
 
 * inner tiles start at multiples of ``tile`` (a multiple of ``model.divisor``) from the inner
   origin, so every tile's input window lies on the network's pooling grid, the same grid as a
