@@ -863,7 +863,7 @@ def _copy(stack: Stack, vol: Volume, *, progress: bool) -> None:
         with (
             _progress_bar(progress, nz, finished, f"convert {vol.path.name}") as advance,
             ThreadPoolExecutor(_SYNCERS, thread_name_prefix="volseg-fsync") as sync,
-            ThreadPoolExecutor(_cores(), thread_name_prefix="volseg-compress") as compress,
+            ThreadPoolExecutor(_writers(), thread_name_prefix="volseg-compress") as compress,
         ):
             _pipeline(stack, vol, _pieces(todo, cz, cy, nz, ny, rows), buffers, compress, sync, advance)
     except VolsegError as exc:
@@ -951,16 +951,26 @@ def _wait(futures: Sequence[Future[None]]) -> None:
 def _rows_at_a_time(stack: Stack, cy: int, nbx: int) -> int:
     """Rows of a band to read at once: whole sections, unless the stack can read rows.
 
-    Then (uncompressed TIFFs) a few rows of chunks suffice, enough to give every core two blocks:
+    Then (uncompressed TIFFs) a few rows of chunks suffice, enough to give every writer a block:
     memory falls from a band to a slice of it, which matters for 8k x 8k sections.
     """
     ny = stack.shape[1]
     if not stack.reads_rows:
         return ny
-    return min(ny, cy * -(-2 * _cores() // nbx))
+    return min(ny, cy * -(-_writers() // nbx))
 
 
 _SYNCERS = 4  # fsyncs in flight: they wait on the disk, not on a core
+
+
+def _writers() -> int:
+    """Threads that compress and store blocks: one per core, and one more.
+
+    A writer spends part of each block in Python (zarr's bookkeeping, under the GIL) and part in
+    the codec (without it); the extra one keeps the cores busy meanwhile. Measured on 2 cores
+    (1.07 GB): 2 writers 7.8 s, 3 writers 7.0 s, 4 writers 7.1 s; each writer adds ~4 MiB.
+    """
+    return _cores() + 1
 
 
 def _cores() -> int:
