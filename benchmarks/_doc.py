@@ -1,8 +1,11 @@
-"""Shared by the benchmark scripts: replace one ``## heading`` section of docs/benchmarks.md."""
+"""Shared by the benchmark scripts: docs/benchmarks.md sections, the machine, measured child processes."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -41,3 +44,28 @@ def machine() -> dict:
     if torch is not None:
         info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
     return info
+
+
+# A small process starts each measured one: a child's ru_maxrss starts from its parent's resident size
+# (the kernel copies the old address space's high-water mark at exec), so a big parent would inflate it.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+t = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True)
+out = proc.stdout.read()
+_, status, usage = os.wait4(proc.pid, 0)
+sys.stdout.write(out)
+print(json.dumps({"seconds": time.perf_counter() - t, "status": os.waitstatus_to_exitcode(status),
+                  "peak_rss_mb": usage.ru_maxrss / 1024, "cpu_seconds": usage.ru_utime + usage.ru_stime}))
+"""
+
+
+def run_measured(argv: list[str]) -> tuple[dict, str]:
+    """Run one process through :data:`LAUNCHER`: its wall time, CPU time and own peak RSS
+    (Linux: ru_maxrss is in KiB), and what it printed."""
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *argv], capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    result = json.loads(lines[-1]) if done.returncode == 0 and lines else {"status": -1}
+    if result.pop("status") != 0:
+        raise SystemExit(f"{argv[:4]} failed:\n{done.stderr[-3000:]}")
+    return result, "\n".join(lines[:-1])

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _doc import write_doc_section  # noqa: E402
+from _doc import run_measured, write_doc_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -231,20 +230,9 @@ def monai_sliding(model_file: Path, image: Path, sections: int, batch: int, prec
 
 
 def run_child(args: dict[str, Any]) -> dict[str, Any]:
-    """(d) predict in a child process; its peak RSS from ``os.wait4``."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, json.dumps(args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    out_text, err = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"child failed (status {status}): {err[-2000:]} {out_text[-500:]}")
-    result = json.loads(out_text.strip().splitlines()[-1])
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
-    return result
+    """(d) predict in a child process (started by a small launcher); its own peak RSS."""
+    usage, printed = run_measured([sys.executable, "-c", CHILD, json.dumps(args)])
+    return {**json.loads(printed.strip().splitlines()[-1]), "peak_rss_mb": usage["peak_rss_mb"]}
 
 
 # --------------------------------------------------------------------------- report
