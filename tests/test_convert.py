@@ -634,4 +634,3 @@ def test_cli_unwritable_output(tmp_path):
     if os.geteuid() != 0:  # root writes anywhere
         (tmp_path / "ro").mkdir(mode=0o555)
         one_line_error(cli("convert", src, tmp_path / "ro" / "v.zarr"), "not writable")
-
