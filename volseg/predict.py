@@ -31,6 +31,7 @@ import itertools
 import json
 import math
 import os
+import sys
 import threading
 import time
 import uuid
@@ -277,6 +278,7 @@ class Plan:
     identity: dict[str, Any]
     settings: dict[str, Any]
     pending: list[tiling.Block] = field(default_factory=list, repr=False)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def block_shape(self) -> tuple[int, ...]:
@@ -308,6 +310,7 @@ class Plan:
             f"~{human_bytes(self.memory_total)} in all with {self.parallel} in flight",
             f"scheduler  {self.scheduler}, {self.parallel} parallel task(s) x "
             f"{self.torch_threads} torch thread(s)",
+            *(f"note       {n}" for n in self.notes),
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -780,8 +783,21 @@ def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Pl
         identity=identity,
         settings=_settings(options, plan_tile, halo, edge, batch, cpb),
         pending=pending,
+        notes=_notes(info, out_shape, block_shape, plan_tile),
     )
     return plan, (info, module, source)
+
+
+def _notes(info: _ModelInfo, out_shape: Sequence[int], block: Sequence[int], tile: int) -> list[str]:
+    """What the user should know about this plan's results (printed before the run)."""
+    norm = info.config.get("norm", "batch")
+    tiled = any(b < n or tile < b for b, n in zip(block[1:], out_shape[1:], strict=True))
+    if norm in ("group", "instance") and tiled:
+        return [
+            f"the model's {norm} norm computes statistics over each tile's window, so tiles meet with "
+            "seams; for seam-free output use --tile and --block covering whole sections"
+        ]
+    return []
 
 
 def _size_blocks(
@@ -1230,6 +1246,8 @@ def predict(
     plan, (info, module, source) = _plan(model, image, out, options)
     if dry_run:
         return plan
+    for note in plan.notes if options.progress else ():
+        print(f"volseg: note: {note}", file=sys.stderr)
     if info.path is None and plan.scheduler not in ("threads", "synchronous"):
         raise OptionError(
             "an in-memory model runs only with --scheduler threads or synchronous; "
