@@ -81,10 +81,12 @@ def em_like(shape, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def unet_file(path: Path, base: int = 4, depth: int = 3, seed: int = 0, context: int = 0) -> Path:
+def unet_file(
+    path: Path, base: int = 4, depth: int = 3, seed: int = 0, context: int = 0, norm: str = "batch"
+) -> Path:
     """A tiny untrained U-Net model file (batch norm with non-trivial running statistics)."""
     torch.manual_seed(seed)
-    model = UNet(UNetConfig(base_channels=base, depth=depth, context=context))
+    model = UNet(UNetConfig(base_channels=base, depth=depth, context=context, norm=norm))
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)

@@ -438,19 +438,7 @@ def test_gpus_are_shared_out_one_per_worker_thread(monkeypatch):
 
 def test_group_norm_models_are_told_their_tiles_seam(tmp_path, em):
     """A model whose output depends on the tile is not silently stitched: the plan says so."""
-    from volseg.model import UNet, UNetConfig, save_model
-
-    grouped = tmp_path / "group.pt"
-    save_model(
-        grouped,
-        UNet(UNetConfig(base_channels=4, depth=3, norm="group")),
-        normalization={"mode": "meanstd", "mean": 128.0, "std": 50.0},
-        foreground=[0],
-        label_convention="membrane=1",
-        provenance={},
-        metrics={},
-        train_config={},
-    )
+    grouped = unet_file(tmp_path / "group.pt", norm="group")
     tiled = plan_prediction(grouped, em["image"], tmp_path / "p.zarr", tile=32, chunks=(1, 64, 64))
     assert any("group norm" in n and "seams" in n for n in tiled.notes)
     assert any(line.startswith("note") for line in tiled.describe())
