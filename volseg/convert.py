@@ -40,7 +40,15 @@ import numpy as np
 import tifffile
 
 from volseg.errors import InputError, OptionError, OutputError, VolsegError
-from volseg.volume import DEFAULT_CODEC, Volume, create_volume, open_volume, parse_codec, provenance
+from volseg.volume import (
+    DEFAULT_CODEC,
+    Volume,
+    create_volume,
+    open_volume,
+    parse_codec,
+    provenance,
+    resolve_shards,
+)
 
 __all__ = ["DEFAULT_CHUNKS", "Calibration", "ConvertOptions", "Stack", "convert", "open_stack"]
 
@@ -783,23 +791,11 @@ def _config(src: str | os.PathLike, stack: Stack, opts: ConvertOptions) -> dict[
         "unit": cal.unit,
         "channel": opts.channel,
         "order": opts.order,
-        "shards": _shards(opts.shards, chunks, stack.shape),
+        "shards": None
+        if opts.shards is None
+        else resolve_shards(opts.shards, chunks, stack.shape, "--shards"),
     }
     return json.loads(json.dumps(config))  # the form it takes once stored
-
-
-def _shards(shards: Sequence[int] | None, chunks: Sequence[int], shape: Sequence[int]) -> list[int] | None:
-    """Shards clipped to the stack (rounded up to whole chunks); refused unless whole chunks."""
-    if shards is None:
-        return None
-    clipped = [max(c, min(s, -(-n // c) * c)) for s, c, n in zip(shards, chunks, shape, strict=True)]
-    if any(s % c for s, c in zip(clipped, chunks, strict=True)):
-        example = ",".join(str(c * 4 if i else c) for i, c in enumerate(chunks))
-        raise OptionError(
-            f"--shards {','.join(map(str, shards))}: each side must be a multiple of the chunks "
-            f"{','.join(map(str, chunks))}, e.g. {example}"
-        )
-    return clipped
 
 
 def _create(out: Path, stack: Stack, config: dict[str, Any], overwrite: bool) -> Volume:

@@ -446,6 +446,25 @@ def _check_local(path: str | os.PathLike) -> Path:
     return Path(text)
 
 
+def resolve_shards(
+    shards: Sequence[int], chunks: Sequence[int], shape: Sequence[int], name: str = "shards"
+) -> tuple[int, ...]:
+    """Shards clipped to the volume (rounded up to whole chunks); refused unless whole chunks.
+
+    ``chunks`` are already clipped to ``shape``; ``name`` is the option the message names.
+    """
+    clipped = tuple(
+        max(c, min(int(s), -(-n // c) * c)) for s, c, n in zip(shards, chunks, shape, strict=True)
+    )
+    if any(s % c for s, c in zip(clipped, chunks, strict=True)):
+        example = ",".join(str(c * 4 if i else c) for i, c in enumerate(chunks))
+        raise OptionError(
+            f"{name} {','.join(map(str, shards))}: each side must be a multiple of the chunks "
+            f"{','.join(map(str, chunks))}, e.g. {example}"
+        )
+    return clipped
+
+
 def create_volume(
     path: str | os.PathLike,
     shape: Sequence[int],
@@ -489,11 +508,7 @@ def create_volume(
         raise OptionError(f"{path}: volume shape must be three positive sizes (Z, Y, X), got {shape}")
     chunks = tuple(max(1, min(int(c), s)) for c, s in zip(chunks, shape, strict=False))
     if shards is not None:
-        shards = tuple(
-            max(c, min(int(s), -(-n // c) * c)) for s, c, n in zip(shards, chunks, shape, strict=False)
-        )
-        if any(s % c for s, c in zip(shards, chunks, strict=False)):
-            raise OptionError(f"shards {shards} must be multiples of chunks {chunks}")
+        shards = resolve_shards(shards, chunks, shape)
     if len(voxel_size) != 3 or any(float(v) <= 0 for v in voxel_size):
         raise OptionError(f"voxel size must be three positive numbers (z, y, x), got {tuple(voxel_size)}")
     if kind not in KINDS:
