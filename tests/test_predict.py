@@ -285,7 +285,7 @@ def test_rerun_resumes_and_mismatched_rerun_is_refused(tmp_path, em):
         predict(em["model"], em["image"], out, chunks=(1, 75, 85), tile=16)
     with pytest.raises(OutputError, match="exists from another run.*edge"):
         predict(em["model"], em["image"], out, chunks=(1, 75, 85), edge=8)
-    with pytest.raises(OutputError, match="not written by 'volseg predict'"):
+    with pytest.raises(OutputError, match="would replace the input IMAGE"):
         predict(em["model"], em["image"], em["image"])
     redone = predict(other, em["image"], out, chunks=(1, 75, 85), overwrite=True)
     assert redone.blocks_written > 0 and open_volume(out).complete

@@ -51,7 +51,9 @@ def one_thread():
 
 def write_volume(path: Path, data: np.ndarray, kind: str = "image") -> Path:
     vol = create_volume(path, data.shape, data.dtype, (1, 48, 48), kind=kind)
-    vol.array[:] = data
+    for index in vol.block_ids():
+        vol.write_block(index, data[vol.block_region(index)], fsync=False)
+    vol.mark_complete()
     return path
 
 

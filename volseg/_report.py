@@ -46,6 +46,14 @@ def print_info(data: dict[str, Any]) -> None:
         ),
         ("sections done", f"{comp['sections_done']} / {comp['sections_total']}"),
     ]
+    if comp.get("chunks_missing"):
+        rows.append(
+            (
+                "chunks missing",
+                f"{comp['chunks_missing']} (e.g. {', '.join(comp.get('missing_examples', []))}): the volume "
+                "is damaged; restore it or write it again",
+            )
+        )
     prov = data.get("provenance") or {}
     if prov.get("created"):
         rows.append(("created", prov["created"]))

@@ -15,12 +15,59 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
+
+try:  # newer typer carries its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_errors
 
 from volseg import __version__
 from volseg.errors import OptionError, VolsegError
 
+class _Group(TyperGroup):
+    """The command group: one line for every error, also for those click finds while parsing.
+
+    Before parsing, URL arguments are refused (typer would turn ``s3://b/x`` into the local
+    folder ``s3:/b/x``). Click's usage errors (a missing argument, an option that is not an
+    integer, an unknown option) are printed as one line naming the option, with exit code 2,
+    like volseg's own errors, instead of a usage box.
+    """
+
+    def main(  # type: ignore[override]
+        self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+        standalone_mode: bool = True, **extra: Any,
+    ) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode:
+            refuse_urls(args)
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            refuse_urls(args)
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except VolsegError as exc:
+            if _STATE["debug"]:
+                raise
+            typer.echo(f"volseg: error: {' '.join(str(exc).split())}", err=True)
+            sys.exit(exc.exit_code)
+        except click_errors.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "volseg"
+            message = " ".join(exc.format_message().split()).rstrip(".")
+            if message:  # none when the help was shown for a command given no arguments
+                typer.echo(f"volseg: error: {message}; see '{where} --help'", err=True)
+            sys.exit(exc.exit_code)
+        except click_errors.ClickException as exc:
+            typer.echo(f"volseg: error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except click_errors.Abort:
+            typer.echo("volseg: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
     name="volseg",
+    cls=_Group,
     help="Segment electron-microscopy volumes with a U-Net, block by block.\n\n"
     "Example: volseg demo --out demo-out",
     no_args_is_help=True,
@@ -457,11 +504,20 @@ class SeedKind(str, enum.Enum):
     hminima = "hminima"
 
 
+class InputKind(str, enum.Enum):
+    probability = "probability"
+    mask = "mask"
+
+
 @app.command("segment")
 @friendly
 def segment_cmd(
     prob: Annotated[
-        Path, typer.Argument(help="Probability (uint8 or float) or binary mask volume.", show_default=False)
+        Path,
+        typer.Argument(
+            help="Probability (uint8 or float) or binary mask volume, e.g. the output of 'volseg predict'.",
+            show_default=False,
+        ),
     ],
     out: Annotated[Path, typer.Argument(help="The label volume to write (cells.zarr).", show_default=False)],
     mode: Annotated[
@@ -519,6 +575,14 @@ def segment_cmd(
             show_default=False,
         ),
     ] = None,
+    input_kind: Annotated[
+        InputKind | None,
+        typer.Option(
+            help="What PROB holds, whatever its recorded kind (e.g. probabilities from another tool "
+            "converted to Zarr); default: its recorded kind, which must be probability or mask.",
+            show_default=False,
+        ),
+    ] = None,
     chunks: Annotated[
         str | None, typer.Option(help="Output chunks Z,Y,X; default: the input's blocks.")
     ] = None,
@@ -566,6 +630,7 @@ def segment_cmd(
         prob,
         out,
         options=opts,
+        input_kind=input_kind.value if input_kind else None,
         chunks=parse_ints(chunks, "--chunks"),
         overwrite=overwrite,
         resume=resume,
@@ -816,6 +881,14 @@ def predict_cmd(
     tta: Annotated[
         bool, typer.Option("--tta", help="Average the 8 dihedral transforms (8x the time).")
     ] = False,
+    rescale: Annotated[
+        bool,
+        typer.Option(
+            "--rescale",
+            help="Normalise the image by its own mean and spread instead of the training images': for "
+            "an image of another dtype or brightness than the model was trained on (otherwise refused).",
+        ),
+    ] = False,
     chunks: Annotated[str | None, typer.Option(help="Output chunks Z,Y,X; default: the input's.")] = None,
     block: Annotated[
         str | None,
@@ -871,6 +944,7 @@ def predict_cmd(
         threshold=threshold,
         roi=roi,
         tta=tta,
+        rescale=rescale,
         chunks=parse_ints(chunks, "--chunks"),
         block=parse_ints(block, "--block"),
         memory_limit=_bytes_option(memory_limit, "--memory-limit"),
@@ -894,6 +968,13 @@ def predict_cmd(
 
 
 # ---------------------------------------------------------------------- convert
+class VolumeKind(str, enum.Enum):
+    image = "image"
+    label = "label"
+    mask = "mask"
+    probability = "probability"
+
+
 @app.command("convert")
 @friendly
 def convert_cmd(
@@ -940,6 +1021,13 @@ def convert_cmd(
             "chunk, for stacks with very many chunks; default: no shards."
         ),
     ] = None,
+    kind: Annotated[
+        VolumeKind,
+        typer.Option(
+            help="What the stack holds, recorded for the stages that read it: image (raw EM), label "
+            "(annotations), mask (binary) or probability (a map from another tool)."
+        ),
+    ] = VolumeKind.image,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted conversion (same sources and options).")
@@ -968,6 +1056,7 @@ def convert_cmd(
         channel=channel,
         order=order,
         shards=parse_ints(shards, "--shards"),
+        kind=kind.value,
         progress=progress,
     )
     zyx = lambda v: " x ".join(str(x) for x in v)  # noqa: E731
@@ -976,6 +1065,31 @@ def convert_cmd(
         f"{vol.path}: {zyx(vol.shape)} {vol.dtype}, chunks {zyx(vol.chunks)}, "
         f"voxel {zyx(vol.voxel_size)}{unit_text}, {vol.meta.get('status')}"
     )
+
+
+#: Options whose value is rightly a URL (a dask scheduler address).
+_URL_OPTIONS = ("--scheduler",)
+
+
+def refuse_urls(args: list[str]) -> None:
+    """Refuse a path argument that is a URL, before typer turns ``s3://b/x`` into the folder ``s3:/b/x``.
+
+    Object storage is not supported yet; every argument that looks like ``scheme://...`` is
+    refused with one line, except the values of :data:`_URL_OPTIONS`.
+    """
+    from volseg.checks import looks_like_url
+
+    previous = ""
+    for arg in args:
+        name, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        value = value if (eq or not name) else ""
+        option = name if eq else previous
+        if value and "://" in value and looks_like_url(value) and option not in _URL_OPTIONS:
+            raise OptionError(
+                f"{value}: is a URL; object storage (s3://, gs://, http://) is not supported yet, copy the "
+                "data to a local or mounted disk and pass its path"
+            )
+        previous = arg if arg.startswith("-") else ""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,9 +39,11 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from volseg.checks import local_path, output_not_input
 from volseg.errors import InputError, OptionError, OutputError, VolsegError
 from volseg.volume import (
     DEFAULT_CODEC,
+    KINDS,
     Volume,
     create_volume,
     open_volume,
@@ -707,6 +709,7 @@ def convert(
     channel: int | None = None,
     order: str | os.PathLike | None = None,
     shards: Sequence[int] | None = None,
+    kind: str = "image",
     progress: bool = False,
 ) -> Volume:
     """Convert a TIFF / PNG stack into an OME-Zarr volume, band by band.
@@ -736,6 +739,11 @@ def convert(
         Shard shape ``(Z, Y, X)``, whole chunks each (Zarr v3 sharding): one file per shard
         instead of per chunk, for stacks with very many chunks. A shard is then the unit that is
         written, fsynced and recorded as done, and a band is one shard deep. Default: no shards.
+    kind
+        What the stack holds, recorded in the volume's metadata for the stages that read it:
+        ``image`` (raw EM, default), ``label`` (annotations: integer classes or instance ids;
+        OME ``image-label`` metadata), ``mask`` (binary) or ``probability`` (a probability map
+        from another tool, e.g. for ``volseg segment``).
     progress
         Show a progress bar (sections/s, ETA) on stderr.
 
@@ -755,10 +763,15 @@ def convert(
     )
     if overwrite and resume:
         raise OptionError("--overwrite and --resume exclude each other: choose one")
-    out = Path(out)
+    out = local_path(out, "OUT")
+    if isinstance(src, (str, os.PathLike)):
+        local_path(src, "SRC")
+    _check_kind(kind)
     with open_stack(src, channel=opts.channel, order=opts.order) as stack:
-        _refuse_source_as_output(out, stack)
+        _refuse_source_as_output(out, stack, opts.order)
+        _check_kind(kind, stack.dtype)
         config = _config(src, stack, opts)
+        config["kind"] = kind
         if resume and (out.exists() or out.is_symlink()):
             vol = _reopen(out, stack, config)
         else:
@@ -769,11 +782,27 @@ def convert(
     return vol
 
 
-def _refuse_source_as_output(out: Path, stack: Stack) -> None:
-    target = out.resolve()
-    for f in stack.files:
-        if f.resolve() == target or target in f.resolve().parents:
-            raise OptionError(f"{out}: the output would replace the source {f}; choose another output path")
+def _refuse_source_as_output(out: Path, stack: Stack, order: Any = None) -> None:
+    """The output is no source file, no folder holding one, and nothing inside one."""
+    inputs: list[tuple[str, Any]] = [("source", f) for f in stack.files]
+    if order not in (None, "natural", "name"):
+        inputs.append(("--order file", order))
+    output_not_input({"OUT": out}, inputs)
+
+
+def _check_kind(kind: str, dtype: Any = None) -> None:
+    if kind not in KINDS:
+        raise OptionError(f"--kind {kind!r}: use one of {', '.join(KINDS)}")
+    if dtype is None:
+        return
+    dt = np.dtype(dtype)
+    integer = dt.kind in "biu"
+    if (kind in ("label", "mask") and not integer) or (kind == "probability" and dt.kind not in "uf"):
+        need = "integer values" if kind in ("label", "mask") else "unsigned integers or floats"
+        raise InputError(
+            f"--kind {kind}: the stack holds {dt}, but a {kind} volume needs {need}; check the source "
+            "or use --kind image"
+        )
 
 
 def _config(src: str | os.PathLike, stack: Stack, opts: ConvertOptions) -> dict[str, Any]:
@@ -808,6 +837,7 @@ def _create(out: Path, stack: Stack, config: dict[str, Any], overwrite: bool) ->
         voxel_size=config["voxel_size"],
         unit=config["unit"],
         shards=config["shards"],
+        kind=config["kind"],
         overwrite=overwrite,
         provenance_block=provenance(stack.files, config),
     )
@@ -823,8 +853,8 @@ def _reopen(out: Path, stack: Stack, config: dict[str, Any]) -> Volume:
     old = vol.provenance.get("config", {})
     if old.get("stage") != "convert":
         raise OutputError(f"cannot resume {out}: it was not written by 'volseg convert'; {again}")
-    for key in ("shape", "dtype", "chunks", "codec", "voxel_size", "unit", "channel", "order", "shards"):
-        if old.get(key) != config[key]:
+    for key in ("shape", "dtype", "chunks", "codec", "voxel_size", "unit", "channel", "order", "shards", "kind"):
+        if old.get(key, "image" if key == "kind" else None) != config[key]:
             raise OutputError(
                 f"cannot resume {out}: it was made with {key} {old.get(key)!r}, this run has "
                 f"{config[key]!r}; rerun with the first run's options, or {again}"

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from volseg import tiling
-from volseg.errors import IncompleteRunError, ModelError, OptionError, OutputError
+from volseg.errors import IncompleteRunError, ModelError, OptionError, OutputError, VolsegError
 from volseg.volume import Volume, create_volume, open_volume, provenance
 
 __all__ = [
@@ -125,6 +125,11 @@ class PredictOptions:
     channel
         For models with several output channels: which class's probability to write
         (default 1, the first class after background).
+    rescale
+        Normalise the image by its own sampled mean and standard deviation instead of the
+        training images', mapping its values onto the training range: for an image of another
+        dtype or brightness than the model was trained on (otherwise refused, see
+        :func:`volseg.checks.image_for_model`).
     progress
         Show a progress bar (blocks, Mvox/s, ETA) on stderr.
     """
@@ -148,6 +153,7 @@ class PredictOptions:
     overwrite: bool = False
     activation: str = "auto"
     channel: int | None = None
+    rescale: bool = False
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -279,6 +285,7 @@ class Plan:
     settings: dict[str, Any]
     pending: list[tiling.Block] = field(default_factory=list, repr=False)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def block_shape(self) -> tuple[int, ...]:
@@ -311,6 +318,7 @@ class Plan:
             f"scheduler  {self.scheduler}, {self.parallel} parallel task(s) x "
             f"{self.torch_threads} torch thread(s)",
             *(f"note       {n}" for n in self.notes),
+            *(f"warning    {w}" for w in self.warnings),
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -511,6 +519,8 @@ class BlockStatus:
     chunks_written: int
     seconds: float
     error: str | None = None
+    #: The error is bad or damaged input (a missing chunk): rerunning cannot help.
+    bad_input: bool = False
 
 
 _VOLUMES: dict[tuple[str, str], Volume] = {}
@@ -615,7 +625,9 @@ def run_block(job: Job, block: tiling.Block) -> BlockStatus:
         except Exception as exc:
             if not job.catch:
                 raise
-            if attempt + 1 == job.attempts:
+            if attempt + 1 == job.attempts or isinstance(exc, VolsegError):  # damage: retrying can't help
+                if isinstance(exc, VolsegError):
+                    return BlockStatus(block.index, block.size, 0, time.perf_counter() - start, str(exc), True)
                 message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                 return BlockStatus(block.index, block.size, 0, time.perf_counter() - start, message)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -720,18 +732,47 @@ def plan_prediction(
 
 
 def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Plan, Any]:
+    from volseg import checks
     from volseg.model import resolve_device, resolve_precision
 
-    info, module = _model_info(model)
-    source = open_volume(image)  # InputError: missing / not a volume
-    tile, halo, edge = _check_tile_halo(options, info)
-    roi = _resolve_roi(options, source.shape)
-    out_shape = tuple(b - a for a, b in roi)
-    chunks = tuple(min(int(c), s) for c, s in zip(options.chunks or source.chunks, out_shape, strict=True))
-    device = resolve_device(options.device).type  # as resolved here; workers resolve "auto" themselves
-    precision = resolve_precision(device, options.precision)
+    if not (options.scheduler and "://" in options.scheduler):  # a cluster's workers are probed instead
+        checks.check_device(options.device)
+    out = checks.local_path(out, "OUT")
     outp = Path(out).resolve()
     mask = mask_path(outp) if options.threshold is not None else None
+    model_path = checks.local_path(model, "MODEL") if isinstance(model, (str, os.PathLike)) else None
+    image = checks.local_path(image, "IMAGE")
+    checks.output_not_input({"OUT": out, "mask": mask}, {"input IMAGE": image, "model": model_path})
+    info, module = _model_info(model)
+    source = open_volume(image)  # InputError: missing / not a volume
+    checks.require_kind(
+        source,
+        ("image",),
+        "predict's IMAGE",
+        "pass the image volume (from 'volseg convert' or 'volseg synth')",
+        unknown_ok=True,
+    )
+    checks.require_complete(source, "IMAGE")
+    tile, halo, edge = _check_tile_halo(options, info)
+    roi = _resolve_roi(options, source.shape)
+    fit = checks.image_for_model(
+        source,
+        (getattr(module, "volseg_meta", None) or {}).get("extra") or {},
+        info.normalization,
+        roi=roi,
+        rescale=options.rescale,
+        model_name=f"the model {info.path}" if info.path else "the model",
+    )
+    info = replace(info, normalization=fit.normalization)
+    out_shape = tuple(b - a for a, b in roi)
+    chunks = tuple(min(int(c), s) for c, s in zip(options.chunks or source.chunks, out_shape, strict=True))
+    if options.scheduler and "://" in options.scheduler and options.device != "auto":
+        # a cluster's workers check and resolve their own devices (this machine may have no GPU)
+        device = options.device.split(":")[0]
+        precision = options.precision if options.precision != "auto" else "fp32" if device == "cpu" else "bf16"
+    else:  # as resolved here; workers resolve "auto" themselves
+        device = resolve_device(options.device).type
+        precision = resolve_precision(device, options.precision)
     sched, parallel, threads = _parallelism(options, 1 << 30)
     plan_tile, batch, cpb, mem = _size_blocks(
         options, info, out_shape, chunks, tile, halo, precision, source.dtype.itemsize, parallel, device
@@ -784,6 +825,7 @@ def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Pl
         settings=_settings(options, plan_tile, halo, edge, batch, cpb),
         pending=pending,
         notes=_notes(info, out_shape, block_shape, plan_tile),
+        warnings=list(fit.warnings),
     )
     return plan, (info, module, source)
 
@@ -895,6 +937,7 @@ def _identity(
         "tta": options.tta,
         "activation": options.activation,
         "channel": options.channel,
+        "rescale": options.rescale,
     }
     return json.loads(json.dumps(ident))
 
@@ -1131,7 +1174,10 @@ def _worker_probe(device: str, precision: str) -> dict[str, Any]:
 
     from volseg.model import resolve_device, resolve_precision
 
-    dev = resolve_device(device).type
+    try:
+        dev = resolve_device(device).type
+    except VolsegError as exc:
+        return {"host": socket.gethostname(), "cores": _cores(), "error": str(exc)}
     return {
         "host": socket.gethostname(),
         "cores": _cores(),
@@ -1148,6 +1194,9 @@ def _check_workers(client: Any, plan: Plan, options: PredictOptions) -> dict[str
             f"--scheduler {options.scheduler}: the scheduler has no workers; start some with "
             f"'dask worker {options.scheduler}'"
         )
+    for address, probe in probes.items():
+        if probe.get("error"):
+            raise OptionError(f"worker {address}: {probe['error']}")
     paths = [p for p in (plan.model_path, plan.image, str(Path(plan.out).parent)) if p]
     seen = client.run(lambda ps: [os.path.exists(p) for p in ps], paths)
     for address, ok in seen.items():
@@ -1194,6 +1243,8 @@ def _run_distributed(client: Any, tasks: list[Any], retries: int, progress: _Pro
 
 
 def _failed(index: tuple[int, ...], exc: BaseException | None) -> BlockStatus:
+    if isinstance(exc, VolsegError):  # bad or damaged input, e.g. a missing chunk: its own message
+        return BlockStatus(index, 0, 0, 0.0, " ".join(str(exc).split()), True)
     return BlockStatus(index, 0, 0, 0.0, f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
 
 
@@ -1246,6 +1297,8 @@ def predict(
     plan, (info, module, source) = _plan(model, image, out, options)
     if dry_run:
         return plan
+    for warning in plan.warnings:
+        print(f"volseg: warning: {warning}", file=sys.stderr)
     for note in plan.notes if options.progress else ():
         print(f"volseg: note: {note}", file=sys.stderr)
     if info.path is None and plan.scheduler not in ("threads", "synchronous"):
@@ -1382,6 +1435,15 @@ def _report(plan: Plan, results: list[BlockStatus], seconds: float, compute_seco
         plan=plan.to_dict(),
         errors=[f"block {'.'.join(map(str, r.index))}: {r.error}" for r in failed],
     )
+    damaged = [r for r in failed if r.bad_input]
+    if damaged:
+        error = IncompleteRunError(
+            f"{len(damaged)} of {plan.n_blocks} blocks could not read their input and are not marked done "
+            f"(block {'.'.join(map(str, damaged[0].index))}: {damaged[0].error}); {plan.out} stays "
+            "incomplete, and rerunning resumes it once the input is repaired"
+        )
+        error.result = result
+        raise error
     if failed:
         error = IncompleteRunError(
             f"{len(failed)} of {plan.n_blocks} blocks failed after {plan.settings['retries']} retries and "

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from volseg.augment import AugmentConfig
+from volseg.checks import check_device, local_path, output_not_input, require_complete, require_kind
 from volseg.errors import InputError, OptionError, OutputError
 from volseg.inference import PAD_MODE, InferOptions, infer_padded, pad_block
 from volseg.model import (
@@ -511,8 +512,18 @@ def prepare_data(config: TrainConfig, stats: IntensityStats | None = None) -> Tr
     """
     if not config.image or not config.labels:
         raise OptionError("train: give the IMAGE and LABELS volumes (arguments, or image/labels in --config)")
-    image = open_volume(config.image).array
-    labels = open_volume(config.labels).array
+    image_vol, labels_vol = open_volume(config.image), open_volume(config.labels)
+    require_kind(image_vol, ("image",), "train's IMAGE", "pass the image volume", unknown_ok=True)
+    require_kind(
+        labels_vol,
+        ("label", "mask", "image"),
+        "train's LABELS",
+        "pass annotations (e.g. 'volseg convert labels.tif labels.zarr --kind label')",
+        unknown_ok=True,
+    )
+    for role, vol in (("IMAGE", image_vol), ("LABELS", labels_vol)):
+        require_complete(vol, role)
+    image, labels = image_vol.array, labels_vol.array
     if tuple(image.shape) != tuple(labels.shape):
         raise InputError(
             f"{config.labels}: label shape {tuple(labels.shape)} differs from image shape "
@@ -549,7 +560,10 @@ def prepare_data(config: TrainConfig, stats: IntensityStats | None = None) -> Tr
 def _check_output(config: TrainConfig) -> dict[str, Path]:
     if not config.output:
         raise OptionError("train: give the output model path with -o MODEL.pt")
-    paths = output_paths(config.output)
+    paths = output_paths(local_path(config.output, "-o"))
+    for name in ("image", "labels"):
+        if getattr(config, name):
+            local_path(getattr(config, name), name.upper())
     model = paths["model"]
     if model.is_dir():
         raise OutputError(f"{model}: is a folder; give a model file path such as {model / 'model.pt'}")
@@ -891,6 +905,7 @@ class Trainer:
             train_config=c.to_dict(),
             extra={
                 "intensity": dataclasses.asdict(self.data.stats),
+                "image_dtype": str(np.dtype(self.data.image.dtype)),
                 "train_sections": list(self.data.train_sections),
                 "val_sections": list(self.data.val_sections),
                 "steps": self.step,
@@ -1150,7 +1165,14 @@ def train(
     >>> volseg.train(image="image.zarr", labels="labels.zarr", output="model.pt",
     ...              foreground=(0,), val_slices="25:30", time_limit="20m")  # doctest: +SKIP
     """
-    config = resolve_config(config, overrides.pop("config_file", None), **overrides)
+    config_file = overrides.pop("config_file", None)
+    config = resolve_config(config, config_file, **overrides)
+    check_device(config.device)  # before any output exists
+    if config.output:
+        output_not_input(
+            {f"-o ({p.name})": p for p in output_paths(local_path(config.output, "-o")).values()},
+            {"input IMAGE": config.image, "input LABELS": config.labels, "--config file": config_file},
+        )
     paths = _check_output(config)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     # The run seeds torch's global RNG (model init, dropout); the caller gets its own state back.

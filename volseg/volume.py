@@ -57,6 +57,11 @@ DONE_DIR = ".volseg/done"
 CODECS = ("blosc-zstd", "blosc-lz4", "zstd", "gzip", "none")
 DEFAULT_CODEC = "blosc-zstd"
 KINDS = ("image", "label", "probability", "mask")
+#: zstd's own range of compression levels (numcodecs / zarr refuse others).
+ZSTD_LEVELS = (-131072, 22)
+#: Recorded in every volume volseg creates: each chunk of each array is stored (write_empty_chunks),
+#: so a chunk missing from the store is damage, not the fill value (see :class:`CheckedStore`).
+EVERY_CHUNK = "every_chunk_stored"
 
 
 # --------------------------------------------------------------------------- codecs
@@ -93,13 +98,19 @@ def parse_codec(spec: str | None) -> list[Any] | None:
     if name.startswith("blosc"):
         clevel = 5 if level is None else level
         if not 0 <= clevel <= 9:
-            raise OptionError(f"--codec {spec!r}: blosc level must be 0..9")
+            raise OptionError(f"--codec {spec!r}: blosc level must be 0..9 (5 default); write e.g. {name}:5")
         return [BloscCodec(cname=name.split("-")[1], clevel=clevel, shuffle="bitshuffle")]
     if name == "zstd":
-        return [ZstdCodec(level=3 if level is None else level)]
+        zlevel = 3 if level is None else level
+        if not ZSTD_LEVELS[0] <= zlevel <= ZSTD_LEVELS[1]:
+            raise OptionError(
+                f"--codec {spec!r}: zstd level must be {ZSTD_LEVELS[0]}..{ZSTD_LEVELS[1]} "
+                "(1..19 usual, 3 default, negative: faster); write e.g. zstd:3"
+            )
+        return [ZstdCodec(level=zlevel)]
     glevel = 5 if level is None else level
     if not 0 <= glevel <= 9:
-        raise OptionError(f"--codec {spec!r}: gzip level must be 0..9")
+        raise OptionError(f"--codec {spec!r}: gzip level must be 0..9 (5 default); write e.g. gzip:5")
     return [GzipCodec(level=glevel)]
 
 
@@ -115,6 +126,54 @@ def _codec_name(array: zarr.Array) -> str:
         else:
             names.append(type(c).__name__)
     return "+".join(names) or "none"
+
+
+# ------------------------------------------------------------------- checked reads
+class MissingChunkError(InputError):
+    """A chunk of a volume that stores every chunk is absent: the volume is damaged."""
+
+
+def _checked_store(path: Path) -> Any:
+    """A read-only store of ``path`` on which a missing level-0 chunk is an error, not zeros.
+
+    volseg writes every chunk of level ``0`` (:data:`EVERY_CHUNK`), so a chunk that is not
+    there was lost (deleted, a failed copy, a damaged disk). The Zarr spec reads a missing
+    chunk as the fill value, which would turn damage into silent zeros; here the read fails
+    with one line naming the chunk. The check costs nothing: zarr asks the store for the
+    chunk anyway, and the store answers "absent" instead of bytes.
+    """
+    from zarr.storage import LocalStore
+
+    return _CheckedStore(LocalStore(str(path), read_only=True), str(path))
+
+
+try:  # zarr >= 3.0.8 has WrapperStore
+    from zarr.storage import WrapperStore as _WrapperStore
+except ImportError:  # pragma: no cover
+    _WrapperStore = None  # type: ignore[assignment,misc]
+
+
+if _WrapperStore is not None:
+
+    class _CheckedStore(_WrapperStore):  # type: ignore[misc,valid-type]
+        def __init__(self, store: Any, root: str) -> None:
+            super().__init__(store)
+            self._root = root
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {"store": self._store, "root": self._root}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self._store, self._root = state["store"], state["root"]
+
+        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+            value = await self._store.get(key, prototype, byte_range)
+            if value is None and key.startswith("0/c/"):
+                raise MissingChunkError(
+                    f"{self._root}: chunk {key} is missing; volseg stores every chunk, so the volume is "
+                    "damaged: restore it from a copy, or write it again with the command that made it"
+                )
+            return value
 
 
 # ----------------------------------------------------------------------- provenance
@@ -427,7 +486,36 @@ class Volume:
         bz = self.block_shape[0]
         info["sections_done"] = sum(min(bz, self.shape[0] - b * bz) for b in bands)
         info["sections_total"] = self.shape[0]
+        if self.meta.get(EVERY_CHUNK):
+            missing, examples = self.missing_chunks()
+            info["chunks_missing"] = missing
+            if missing:
+                info["missing_examples"] = examples
+                if info["status"] == "complete":  # the record says complete, the store disagrees
+                    info["status"] = "damaged"
         return info
+
+    def missing_chunks(self, examples: int = 3) -> tuple[int, list[str]]:
+        """Level-0 chunk (or shard) files absent from the store of a volume that stores every one.
+
+        Only blocks recorded as done are expected (an unfinished run has not written the rest).
+        Returns the count and the keys of the first few, e.g. ``["0/c/3/0/1"]``; lists the
+        store's folders once, so the cost is one directory walk.
+        """
+        root = self.path / "0" / "c"
+        found: set[tuple[int, ...]] = set()
+        if root.is_dir():
+            for dirpath, _dirs, files in os.walk(root):
+                rel = Path(dirpath).relative_to(root).parts
+                for name in files:
+                    parts = (*rel, name)
+                    if all(p.isdigit() for p in parts):
+                        found.add(tuple(int(p) for p in parts))
+        grid = _grid(self.shape, self.block_shape)
+        # The completion record is kept per block (chunk, or shard when sharded): the unit here too.
+        expected = itertools.product(*(range(n) for n in grid)) if self.complete else sorted(self.done_blocks())
+        missing = [ix for ix in expected if ix not in found]
+        return len(missing), ["0/c/" + "/".join(map(str, ix)) for ix in missing[:examples]]
 
     # ---- pyramid
     def add_pyramid(self, levels: int, *, method: str = "mean") -> None:
@@ -438,12 +526,9 @@ class Volume:
 
 
 def _check_local(path: str | os.PathLike) -> Path:
-    text = os.fspath(path)
-    if "://" in text:
-        raise OptionError(
-            f"{text}: only local paths are supported for now; copy the data to a local or mounted disk"
-        )
-    return Path(text)
+    from volseg.checks import local_path
+
+    return local_path(path, "the volume")
 
 
 def resolve_shards(
@@ -536,6 +621,7 @@ def create_volume(
         "format": FORMAT_VERSION,
         "kind": kind,
         "status": "incomplete",
+        EVERY_CHUNK: True,
         "provenance": provenance_block or provenance(),
         **(extra or {}),
     }
@@ -609,6 +695,8 @@ def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
             f"{path}: is a Zarr group but not an OME-Zarr volume (no 'ome' metadata or array '0')"
         )
     vol = Volume(path, node)
+    if mode == "r" and _CheckedStore is not None and vol.meta.get(EVERY_CHUNK):
+        vol = Volume(path, zarr.open_group(_checked_store(path), mode="r", zarr_format=3))
     if vol.array.ndim != 3:
         raise InputError(f"{path}: array '0' has {vol.array.ndim} dimensions; volseg needs (z, y, x)")
     return vol
