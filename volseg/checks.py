@@ -116,8 +116,8 @@ def output_not_input(outputs: _Named, inputs: _Named) -> None:
     ----------
     outputs, inputs
         What each path is (``"OUT"``, ``"--json"``; ``"input IMAGE"``, ``"model"``) -> the path,
-        as a mapping or ``(name, path)`` pairs; ``None`` paths are skipped. Input names read after "the", e.g. "would replace the
-        input IMAGE ...".
+        as a mapping or ``(name, path)`` pairs; ``None`` paths are skipped. Input names read
+        after "the", e.g. "would replace the input IMAGE ...".
     """
     pairs = [list(x.items()) if isinstance(x, Mapping) else list(x) for x in (outputs, inputs)]
     for out_name, out in pairs[0]:

@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from volseg import __version__
 from volseg.errors import OptionError, VolsegError
 
+
 class _Group(TyperGroup):
     """The command group: one line for every error, also for those click finds while parsing.
 
@@ -35,8 +36,12 @@ class _Group(TyperGroup):
     """
 
     def main(  # type: ignore[override]
-        self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-        standalone_mode: bool = True, **extra: Any,
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
     ) -> Any:
         args = list(sys.argv[1:] if args is None else args)
         if not standalone_mode:

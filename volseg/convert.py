@@ -853,7 +853,8 @@ def _reopen(out: Path, stack: Stack, config: dict[str, Any]) -> Volume:
     old = vol.provenance.get("config", {})
     if old.get("stage") != "convert":
         raise OutputError(f"cannot resume {out}: it was not written by 'volseg convert'; {again}")
-    for key in ("shape", "dtype", "chunks", "codec", "voxel_size", "unit", "channel", "order", "shards", "kind"):
+    keys = ("shape", "dtype", "chunks", "codec", "voxel_size", "unit", "channel", "order", "shards", "kind")
+    for key in keys:
         if old.get(key, "image" if key == "kind" else None) != config[key]:
             raise OutputError(
                 f"cannot resume {out}: it was made with {key} {old.get(key)!r}, this run has "

@@ -625,9 +625,10 @@ def run_block(job: Job, block: tiling.Block) -> BlockStatus:
         except Exception as exc:
             if not job.catch:
                 raise
-            if attempt + 1 == job.attempts or isinstance(exc, VolsegError):  # damage: retrying can't help
-                if isinstance(exc, VolsegError):
-                    return BlockStatus(block.index, block.size, 0, time.perf_counter() - start, str(exc), True)
+            seconds = time.perf_counter() - start
+            if isinstance(exc, VolsegError):  # bad or damaged input (a missing chunk): retrying can't help
+                return BlockStatus(block.index, block.size, 0, seconds, " ".join(str(exc).split()), True)
+            if attempt + 1 == job.attempts:
                 message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                 return BlockStatus(block.index, block.size, 0, time.perf_counter() - start, message)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -769,7 +770,8 @@ def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Pl
     if options.scheduler and "://" in options.scheduler and options.device != "auto":
         # a cluster's workers check and resolve their own devices (this machine may have no GPU)
         device = options.device.split(":")[0]
-        precision = options.precision if options.precision != "auto" else "fp32" if device == "cpu" else "bf16"
+        guess = "fp32" if device == "cpu" else "bf16"
+        precision = options.precision if options.precision != "auto" else guess
     else:  # as resolved here; workers resolve "auto" themselves
         device = resolve_device(options.device).type
         precision = resolve_precision(device, options.precision)

@@ -513,7 +513,8 @@ class Volume:
                         found.add(tuple(int(p) for p in parts))
         grid = _grid(self.shape, self.block_shape)
         # The completion record is kept per block (chunk, or shard when sharded): the unit here too.
-        expected = itertools.product(*(range(n) for n in grid)) if self.complete else sorted(self.done_blocks())
+        every = itertools.product(*(range(n) for n in grid))
+        expected = every if self.complete else sorted(self.done_blocks())
         missing = [ix for ix in expected if ix not in found]
         return len(missing), ["0/c/" + "/".join(map(str, ix)) for ix in missing[:examples]]
 
