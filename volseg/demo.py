@@ -217,7 +217,11 @@ def _convert(out: Path, image_tif: Path, labels_tif: Path, stages: _Stages, resu
     from volseg.convert import convert
 
     stages.run(
-        "convert", lambda: (convert(image_tif, out / "image.zarr"), convert(labels_tif, out / "labels.zarr"))
+        "convert",
+        lambda: (
+            convert(image_tif, out / "image.zarr"),
+            convert(labels_tif, out / "labels.zarr", kind="label"),
+        ),
     )
     result.outputs.update(image=str(out / "image.zarr"), labels=str(out / "labels.zarr"))
 
