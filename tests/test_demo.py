@@ -56,3 +56,18 @@ def test_demo_refuses_existing_folder(tmp_path):
 def test_demo_bad_data_path(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--data", "nope.tif,labels.tif"])
     assert result.exit_code == 2 and "nope.tif" in result.stderr
+
+
+def test_demo_never_empties_a_folder_holding_its_data(tmp_path):
+    import numpy as np
+    import tifffile
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "image.zarr").mkdir()  # looks like an earlier demo, so --overwrite would empty it
+    for name in ("img.tif", "lab.tif"):
+        tifffile.imwrite(out / name, np.zeros((4, 64, 64), np.uint8))
+    data = f"{out / 'img.tif'},{out / 'lab.tif'}"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--data", data, "--quick", "--overwrite"])
+    assert result.exit_code == 2 and "volseg never writes over its inputs" in result.stderr
+    assert (out / "img.tif").is_file() and (out / "lab.tif").is_file()

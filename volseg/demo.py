@@ -122,7 +122,7 @@ def _check_options(opts: DemoOptions) -> None:
         raise OptionError(f"--minutes {opts.minutes}: must be positive")
     if opts.data is not None:
         for p in opts.data:
-            if not Path(p).exists():
+            if not Path(p).is_file():
                 raise InputError(f"--data {p}: no such file; give an image and a label TIFF stack")
 
 
@@ -151,9 +151,13 @@ def demo(
     DemoResult
         Output paths, seconds per stage, scores; also written to ``out/summary.json``.
     """
+    from volseg.checks import local_path, output_not_input
+
     opts = options or DemoOptions()
     _check_options(opts)
-    out = Path(out)
+    out = local_path(out, "--out")
+    data = [("--data image", opts.data[0]), ("--data labels", opts.data[1])] if opts.data else []
+    output_not_input({"--out": out}, data)  # --overwrite empties --out: never over the data
     _prepare(out, overwrite)
     result = DemoResult(out=str(out))
     stages = _Stages(result, progress or (lambda line: None))
