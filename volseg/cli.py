@@ -21,6 +21,10 @@ try:  # newer typer carries its own copy of click
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_errors
+try:
+    from typer.exceptions import Abort as ClickAbort
+except ImportError:  # pragma: no cover
+    ClickAbort = getattr(click_errors, "Abort", KeyboardInterrupt)
 
 from volseg import __version__
 from volseg.errors import OptionError, VolsegError
@@ -64,7 +68,7 @@ class _Group(TyperGroup):
         except click_errors.ClickException as exc:
             typer.echo(f"volseg: error: {' '.join(exc.format_message().split())}", err=True)
             sys.exit(exc.exit_code)
-        except click_errors.Abort:
+        except ClickAbort:
             typer.echo("volseg: interrupted", err=True)
             sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -675,16 +679,25 @@ class ForegroundKind(str, enum.Enum):
 def evaluate_cmd(
     pred: Annotated[
         Path,
-        typer.Argument(help="Probability, mask or label (instance) volume to score.", show_default=False),
+        typer.Argument(
+            help="Probability, mask or label (instance) volume to score; an ROI (from 'volseg predict "
+            "--roi') is placed on TRUTH by its OME translation.",
+            show_default=False,
+        ),
     ],
     truth: Annotated[
         Path,
         typer.Argument(
-            help="Ground-truth volume of the same shape: binary labels or instances.", show_default=False
+            help="Ground-truth labels: binary (e.g. ISBI 0/255) or instances; not a probability volume.",
+            show_default=False,
         ),
     ],
     sections: Annotated[
-        str | None, typer.Option(help="Sections to score: A:B (B excluded), 0,5,10 or 0:30:5; default: all.")
+        str | None,
+        typer.Option(
+            help="Sections of TRUTH to score: A:B (B excluded), 0,5,10 or 0:30:5; default: all where PRED "
+            "lies."
+        ),
     ] = None,
     foreground: Annotated[
         str | None,
@@ -721,13 +734,14 @@ def evaluate_cmd(
         ),
     ] = InstanceMode.auto,
     json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")
+        Path | None,
+        typer.Option("--json", help="Also write the report as JSON to this file (never one of the inputs)."),
     ] = None,
 ) -> None:
     """Score a prediction against ground truth: pixel error, Dice, IoU, V_rand, V_info, adapted Rand, VOI.
 
     Per section and overall, one section at a time; probabilities and masks get pixel and ISBI 2012 scores,
-    label volumes get instance scores.
+    label volumes get instance scores. A prediction of an ROI is scored on the part of the truth it covers.
 
     Example: volseg evaluate prob.zarr labels.zarr --foreground 0 --sections 25:30 --json report.json
     """
@@ -763,10 +777,17 @@ def preview_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", help="The PNG to write.")] = Path("preview.png"),
     overlay: Annotated[
         Path | None,
-        typer.Option(help="A probability, mask or label volume drawn in a second row (over the raw data)."),
+        typer.Option(
+            help="A probability, mask or label volume drawn in a second row (over the raw data), where it "
+            "lies: an ROI (e.g. from 'volseg predict --roi') is placed by its OME translation."
+        ),
     ] = None,
     sections: Annotated[
-        str | None, typer.Option(help="Sections to draw: 0,5,10 or 0:30:5; default: 4 evenly spaced.")
+        str | None,
+        typer.Option(
+            help="Sections of VOLUME to draw: 0,5,10 or 0:30:5; default: 4 evenly spaced, where the "
+            "overlay lies."
+        ),
     ] = None,
     level: Annotated[
         str,
@@ -807,9 +828,12 @@ def preview_cmd(
     )
     result = preview(volume, out, overlay=overlay, options=opts, curves=curves)
     if "width" in result:
+        region = result.get("overlay_region")
+        where = ", ".join(f"{ax} {a}:{b}" for ax, (a, b) in region.items()) if region else ""
         typer.echo(
             f"{result['path']}: {result['width']} x {result['height']} px, sections "
             f"{', '.join(map(str, result.get('sections', [])))}, level {result.get('level')}"
+            + (f"; overlay at {where}" if where else "")
         )
     else:
         typer.echo(result["path"])

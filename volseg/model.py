@@ -41,6 +41,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -384,6 +385,9 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    from volseg.checks import check_device
+
+    check_device(device)  # one line naming what this torch was built with, for a device it lacks
     try:
         return torch.device(device)
     except (RuntimeError, TypeError):
@@ -577,47 +581,178 @@ def save_model(
     return path
 
 
+_TRAINED = "pass the .pt file written by 'volseg train'"
+_REPAIR = "restore the file from a copy or train the model again with 'volseg train'"
+# What a volseg model file holds besides format, format_version and the optional training_state.
+_PARTS = {
+    "config": dict,
+    "normalization": dict,
+    "foreground": list,
+    "label_convention": str,
+    "provenance": dict,
+    "metrics": dict,
+    "train_config": dict,
+    "extra": dict,
+    "saved_with": dict,
+    "state_dict": dict,
+}
+# torch wraps the restricted unpickler's reason in advice on how to load the file unsafely
+_TORCH_ADVICE = (
+    "In PyTorch",
+    "This file can still",
+    "(1)",
+    "(2)",
+    "Please file an issue",
+    "Check the documentation",
+    "Re-running",
+)
+# torch's words for a file that needs pickled code or objects its restricted unpickler does not make
+_CODE_HINTS = (
+    "GLOBAL",
+    "unrecognized function",
+    "Can only create new object",
+    "must be imported",
+    "TorchScript",
+)
+_GLOBAL = re.compile(r"\bGLOBAL (.*?)(?: was not | whose module |$)", re.MULTILINE)
+_DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*", re.ASCII)
+
+
+class _Damage(Exception):
+    """A loaded model file whose parts do not fit together (turned into :class:`ModelError`)."""
+
+
+def _printable(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters, with anything unprintable (control bytes, newlines) as ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: first line of the reason`` of ``exc``, short and printable, without torch's advice."""
+    text = str(exc).rpartition("WeightsUnpickler error:")[2]
+    lines = (line.strip().removeprefix("Weights only load failed.").strip() for line in text.splitlines())
+    first = next((line for line in lines if line and not line.startswith(_TORCH_ADVICE)), "")
+    return f"{type(exc).__name__}: {_printable(first)}" if first else type(exc).__name__
+
+
+def _unsafe_reason(message: str) -> str | None:
+    """The global a file refused by torch's restricted unpickler tried to load.
+
+    ``None`` when ``message`` is not about pickled code or objects (a damaged or foreign file),
+    ``""`` when it is but names no readable global. torch writes builtins without their module
+    (``GLOBAL open``); they are named in full (``builtins.open``).
+    """
+    if not any(hint in message for hint in _CODE_HINTS):
+        return None
+    match = _GLOBAL.search(message)
+    name = match.group(1).rstrip(".,;:") if match else ""
+    if not _DOTTED.fullmatch(name):
+        return ""
+    return name if "." in name else f"builtins.{name}"
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a zip archive (torch's file format) that is damaged or whose parts fail their CRC-32.
+
+    torch's reader does not check the checksums, so without this a changed byte inside a weight
+    would load as a silently different model. Parts with no checksum recorded (CRC 0, written
+    with ``torch.serialization.set_crc32_options(False)``) are not checked.
+    """
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch's own test; other files are its legacy format
+            return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0:
+                    continue
+                with archive.open(info) as part:
+                    while part.read(1 << 20):
+                        pass
+    # any bytes can follow the header: BadZipFile, EOFError, zlib.error, NotImplementedError, ...
+    except Exception as exc:
+        if isinstance(exc, zipfile.BadZipFile) and "CRC" in str(exc):
+            raise ModelError(f"model {path}: damaged (a part fails its checksum); {_REPAIR}") from None
+        raise ModelError(
+            f"model {path}: not a volseg model file (damaged zip archive: {_reason(exc)}); {_TRAINED}"
+        ) from None
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, every failure one :class:`ModelError` line.
+
+    Pickled code is never run: torch's restricted unpickler refuses it, and the refusal names the
+    global the file tried to load. torch's warnings (legacy format, pickle protocol, TorchScript
+    archive) are silenced; the error or the checks that follow say what matters.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any bytes reach the unpickler: IndexError, KeyError, MemoryError, ...
+        unsafe = _unsafe_reason(str(exc)) if isinstance(exc, (pickle.UnpicklingError, RuntimeError)) else None
+        if unsafe:
+            raise ModelError(
+                f"model {path}: refused, the file holds pickled code (it tried to load {unsafe}); "
+                "volseg model files never need it, use a model written by 'volseg train'"
+            ) from None
+        if unsafe == "":
+            raise ModelError(
+                f"model {path}: refused, the file holds pickled code or objects volseg does not run; "
+                "volseg model files never need them, use a model written by 'volseg train'"
+            ) from None
+        raise ModelError(f"model {path}: not a volseg model file ({_reason(exc)}); {_TRAINED}") from None
+
+
+def _payload_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with the parts of a loaded volseg model file, or None."""
+    for key, kind in _PARTS.items():
+        if key not in data:
+            return f"{key} is missing"
+        if not isinstance(data[key], kind):
+            return f"{key} is a {type(data[key]).__name__}, not a {kind.__name__}"
+    state = data.get("training_state")
+    if state is not None and not isinstance(state, dict):
+        return f"training_state is a {type(state).__name__}, not a dict"
+    for name, tensor in data["state_dict"].items():
+        if not (isinstance(name, str) and isinstance(tensor, torch.Tensor)):
+            return f"state_dict entry {_printable(repr(name), 60)} is not a named tensor"
+    if not all(type(v) is int for v in data["foreground"]):
+        return "foreground is not a list of label values (int)"
+    try:
+        check_normalization(data["normalization"])
+    except OptionError as exc:
+        return _printable(str(exc), 200)
+    return None
+
+
 def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     """Load and check a model file without building the model (tensors on CPU).
 
     Returns the whole stored dict, ``state_dict`` and ``training_state`` included (what a
-    resumed training run needs). Raises :class:`ModelError` with one line for a missing path,
-    a folder, a file that is not a volseg model (a random file, a plain state_dict), a newer
+    resumed training run needs), after checking that every part save_model writes is there
+    with its type. Raises :class:`ModelError` with one line for a missing path, a folder, an
+    unreadable file, a file that is not a volseg model (any bytes: random, truncated, a plain
+    state_dict, another archive), a damaged one (changed bytes, parts of the wrong type), a newer
     format version, or a file holding pickled code, which is refused without being run.
     """
     path = Path(path)
     if not path.exists():
-        raise ModelError(f"model {path}: no such file; pass the .pt file written by 'volseg train'")
+        raise ModelError(f"model {path}: no such file; {_TRAINED}")
     if path.is_dir():
-        raise ModelError(
-            f"model {path}: is a folder, not a model file; pass the .pt file written by 'volseg train'"
-        )
+        raise ModelError(f"model {path}: is a folder, not a model file; {_TRAINED}")
     if path.stat().st_size == 0:
-        raise ModelError(f"model {path}: the file is empty; pass the .pt file written by 'volseg train'")
+        raise ModelError(f"model {path}: the file is empty; {_TRAINED}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch wraps the restricted unpickler's reason in a long advice text; keep the reason
-        reason = (str(exc).rpartition("WeightsUnpickler error:")[2].strip().splitlines() or [""])[0]
-        unsafe = re.search(r"GLOBAL (\S+)", reason)
-        if unsafe:
-            raise ModelError(
-                f"model {path}: refused, it holds pickled code or objects ({unsafe.group(1)}) that volseg "
-                f"does not run; use a model written by 'volseg train'"
-            ) from None
-        raise ModelError(f"model {path}: not a volseg model file ({reason[:120]})") from None
-    except (
-        RuntimeError,
-        OSError,
-        EOFError,
-        ValueError,
-        zipfile.BadZipFile,
-        AttributeError,
-        TypeError,
-    ) as exc:
-        reason = (str(exc).strip().splitlines() or [""])[0][:120]
-        raise ModelError(f"model {path}: not a volseg model file ({type(exc).__name__}: {reason})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        open(path, "rb").close()
+    except OSError as exc:
+        raise ModelError(
+            f"model {path}: cannot be read ({_reason(exc)}); check the path and its permissions"
+        ) from None
+    _check_archive(path)
+    data = _torch_load(path)
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if not (isinstance(fmt, str) and fmt == FORMAT):
         what = (
             "a plain state_dict or other checkpoint" if isinstance(data, dict) else f"a {type(data).__name__}"
         )
@@ -625,12 +760,44 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
             f"model {path}: not a volseg model file (it holds {what}); use a model written by 'volseg train'"
         )
     version = data.get("format_version")
+    if type(version) is not int:
+        problem = "is missing" if version is None else f"is a {type(version).__name__}, not an int"
+        raise ModelError(f"model {path}: damaged or inconsistent (format_version {problem}); {_REPAIR}")
     if version != FORMAT_VERSION:
         raise ModelError(
             f"model {path}: format version {version!r} is not supported; this volseg reads version "
             f"{FORMAT_VERSION} (upgrade volseg for newer files)"
         )
+    problem = _payload_problem(data)
+    if problem:
+        raise ModelError(f"model {path}: damaged or inconsistent ({problem}); {_REPAIR}")
     return data
+
+
+def _check_weights(config: UNetConfig, state_dict: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`_Damage` unless ``state_dict`` holds the finite tensors of a UNet of ``config``.
+
+    Compared with a skeleton on the meta device, which allocates nothing: a damaged config
+    (``base_channels=10**6``) cannot make volseg allocate more than the file's own tensors.
+    """
+    convs = (2 * config.depth + 1) * config.convs_per_level
+    if convs > len(state_dict):  # one weight per convolution at least; also bounds the skeleton
+        raise _Damage(f"the config has {convs} convolutions, the file {len(state_dict)} tensors")
+    with torch.device("meta"):
+        skeleton = UNet(config).state_dict()
+    missing, unexpected = sorted(set(skeleton) - set(state_dict)), sorted(set(state_dict) - set(skeleton))
+    if missing or unexpected:
+        names = [_printable(n, 60) for n in (missing or unexpected)[:3]]
+        raise _Damage(f"weights {'missing' if missing else 'unexpected'} for the config: {', '.join(names)}")
+    for name, want in skeleton.items():
+        got = state_dict[name]
+        if got.shape != want.shape:
+            raise _Damage(f"weight {name} has shape {tuple(got.shape)}, the config needs {tuple(want.shape)}")
+        odd = got.layout != torch.strided or got.is_quantized or got.is_complex()
+        if odd or got.dtype.is_floating_point != want.dtype.is_floating_point:
+            raise _Damage(f"weight {name} is a {got.dtype} {got.layout} tensor, not {want.dtype}")
+        if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
+            raise _Damage(f"weight {name} holds NaN or infinite values")
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> UNet:
@@ -646,17 +813,19 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
     Raises
     ------
     ModelError
-        See :func:`read_model_file`; also when the config or the weights do not fit.
+        See :func:`read_model_file`; also ("damaged or inconsistent") when the config is invalid
+        or the weights do not fit it (names, shapes, kinds).
     """
     data = read_model_file(path)
     try:
-        model = UNet(UNetConfig.from_dict(data["config"]))
+        config = UNetConfig.from_dict(data["config"])
+        _check_weights(config, data["state_dict"])
+        model = UNet(config)
         model.load_state_dict(data["state_dict"], strict=True)
-        check_normalization(data.get("normalization"))
-    except (OptionError, KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
-        raise ModelError(
-            f"model {path}: damaged or inconsistent ({str(exc).splitlines()[0][:200]})"
-        ) from None
+    except (OptionError, _Damage, TypeError, ValueError, RuntimeError, MemoryError) as exc:
+        # OptionError / _Damage: the config or the weights checked; the others: odd values in them
+        reason = _printable(str(exc), 200) if isinstance(exc, (OptionError, _Damage)) else _reason(exc)
+        raise ModelError(f"model {path}: damaged or inconsistent ({reason}); {_REPAIR}") from None
     model.volseg_meta = {k: v for k, v in data.items() if k not in ("state_dict", "training_state")}
     return model.to(resolve_device(device)).eval()
 

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from volseg.augment import AugmentConfig
 from volseg.checks import check_device, local_path, output_not_input, require_complete, require_kind
-from volseg.errors import InputError, OptionError, OutputError
+from volseg.errors import InputError, ModelError, OptionError, OutputError
 from volseg.inference import PAD_MODE, InferOptions, infer_padded, pad_block
 from volseg.model import (
     UNet,
@@ -832,6 +832,20 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 # ============================================================================= trainer
+def _saved_stats(state: dict[str, Any], path: Path) -> IntensityStats:
+    """The intensities a checkpoint was trained with; a damaged record is one ModelError line."""
+    try:
+        stats = IntensityStats(**state["extra"]["intensity"])
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in dataclasses.astuple(stats)):
+            raise ValueError("not finite numbers")
+        return stats
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(
+            f"{path}: the checkpoint's intensity record is damaged ({type(exc).__name__}: {exc}); "
+            "start a new run with --overwrite"
+        ) from None
+
+
 class Trainer:
     """One training run: model, optimizer, data, validation, checkpoints, log."""
 
@@ -840,7 +854,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(self.device, config.precision)
         state = read_model_file(paths["last"]) if config.resume else None
-        saved_stats = IntensityStats(**state["extra"]["intensity"]) if state else None
+        saved_stats = _saved_stats(state, paths["last"]) if state else None
         self.data = prepare_data(config, saved_stats)
         torch.manual_seed(config.seed)
         self.model = UNet(config.model_config()).to(self.device, memory_format=torch.channels_last)
@@ -855,7 +869,13 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.final_metrics: dict[str, float] = {}
         if state:
-            self._load_state(state)
+            try:
+                self._load_state(state)
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                raise ModelError(
+                    f"{paths['last']}: the checkpoint's training state is damaged ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); start a new run with --overwrite"
+                ) from None
         self.validator = (
             Validator(self.data, config, self.device, self.precision) if self.data.val_sections else None
         )
