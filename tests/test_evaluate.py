@@ -108,12 +108,13 @@ def test_all_background_probabilities(tmp_path):
 
 
 def test_binary_split(tmp_path):
-    # Truth: one 20-pixel cell; the prediction draws a membrane through it: 4 false positives, two
-    # 8-pixel cells and 4 boundary singletons: V_rand = 2 (64 + 64 + 4) / (400 + 132) = 264/532.
-    truth = np.full((1, 4, 5), 255, np.uint8)
-    o = _binary(tmp_path, MEMBRANE == 0, truth=truth)["overall"]
-    assert o["pixel_error"] == pytest.approx(0.2) and o["dice"] == 0
-    assert o["v_rand"] == pytest.approx(264 / 532)
+    # Truth section 1: one 20-pixel cell; the prediction draws a membrane through it: 4 false positives,
+    # two 8-pixel cells and 4 boundary singletons: V_rand = 2 (64 + 64 + 4) / (400 + 132) = 264/532.
+    # (Section 0, scored perfectly, holds the membrane: a truth without any is refused.)
+    truth = np.concatenate([MEMBRANE, np.full((1, 4, 5), 255, np.uint8)])
+    row = _binary(tmp_path, np.tile(MEMBRANE == 0, (2, 1, 1)), truth=truth)["sections"][1]
+    assert row["pixel_error"] == pytest.approx(0.2) and row["dice"] == 0
+    assert row["v_rand"] == pytest.approx(264 / 532)
 
 
 def test_object_convention_flips_the_classes(tmp_path):
@@ -233,7 +234,7 @@ def test_cli_table_and_json(tmp_path):
 @pytest.mark.parametrize(
     "case,needle",
     [
-        ("shape", "differs"),
+        ("shape", "overlap"),
         ("missing", "missing.zarr"),
         ("sections", "--sections"),
         ("foreground", "--foreground"),
@@ -243,6 +244,7 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, case, needle):
     _write(tmp_path / "t.zarr", np.tile(MEMBRANE, (3, 1, 1)), kind="mask")
     _write(tmp_path / "p.zarr", np.zeros((3, 4, 5), np.uint8), kind="probability")
     _write(tmp_path / "small.zarr", np.zeros((2, 4, 5), np.uint8), kind="probability")
+    _translate(tmp_path / "small.zarr", (3, 0, 0))  # lies beyond the truth's 3 sections
     pred, truth, extra = tmp_path / "p.zarr", tmp_path / "t.zarr", []
     if case == "shape":
         pred = tmp_path / "small.zarr"
@@ -288,3 +290,287 @@ def test_truth_metadata_names_the_membrane_values(tmp_path):
     _write(tmp_path / "p.zarr", truth * 255, kind="probability")
     r = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")
     assert r["foreground"] == [1] and r["overall"]["dice"] == 1 and r["overall"]["v_rand"] == 1
+
+
+# ------------------------------------------------------------ nonsense is refused
+def _cli_error(args):
+    result = runner.invoke(app, ["evaluate", *map(str, args)])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def test_probability_truth_is_refused(tmp_path):
+    prob = np.tile((MEMBRANE == 0) * 255, (2, 1, 1)).astype(np.uint8)
+    _write(tmp_path / "p.zarr", prob, kind="probability")
+    _write(tmp_path / "q.zarr", prob, kind="probability")
+    with pytest.raises(InputError, match="probability volume.*TRUTH must be"):
+        evaluate(tmp_path / "p.zarr", tmp_path / "q.zarr")
+    assert "q.zarr" in _cli_error([tmp_path / "p.zarr", tmp_path / "q.zarr"])
+
+
+def test_a_volume_against_itself_is_refused(tmp_path):
+    _write(tmp_path / "p.zarr", np.tile(MEMBRANE, (2, 1, 1)), kind="mask")
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "p.zarr")
+    for other in (tmp_path / "p.zarr", tmp_path / "link.zarr"):
+        with pytest.raises(InputError, match="same volume"):
+            evaluate(tmp_path / "p.zarr", other)
+    assert "same volume" in _cli_error([tmp_path / "p.zarr", tmp_path / "p.zarr"])
+
+
+def test_integer_truth_of_image_or_unknown_kind_is_accepted(tmp_path):
+    # labels converted from a TIFF (ISBI train-labels.tif) are recorded as "image" today
+    _write(tmp_path / "t.zarr", np.tile(MEMBRANE, (2, 1, 1)), kind="image")
+    _write(
+        tmp_path / "p.zarr", np.tile((MEMBRANE == 0) * 255, (2, 1, 1)).astype(np.uint8), kind="probability"
+    )
+    assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")["overall"]["dice"] == 1
+    from volseg.volume import open_volume
+
+    foreign = open_volume(tmp_path / "t.zarr", mode="r+")  # written by another tool: no volseg block
+    del foreign.group.attrs["volseg"]
+    assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")["overall"]["dice"] == 1
+
+
+def test_foreground_absent_from_the_scored_truth_is_refused(tmp_path):
+    truth = np.tile(MEMBRANE, (3, 1, 1))
+    truth[2] = 255  # no membrane in the last section
+    _write(tmp_path / "t.zarr", truth, kind="mask")
+    _write(tmp_path / "p.zarr", np.zeros(truth.shape, np.uint8), kind="probability")
+    _labels(tmp_path, "c.zarr", np.ones(truth.shape))
+    for pred in ("p.zarr", "c.zarr"):
+        with pytest.raises(InputError, match=r"--foreground value\(s\) \[7\].*\[0, 255\]"):
+            evaluate(tmp_path / pred, tmp_path / "t.zarr", options=EvaluateOptions(foreground=(7,)))
+        with pytest.raises(InputError, match=r"\[0\].*\[255\]"):
+            evaluate(
+                tmp_path / pred, tmp_path / "t.zarr", sections="2", options=EvaluateOptions(foreground=(0,))
+            )
+    message = _cli_error([tmp_path / "p.zarr", tmp_path / "t.zarr", "--foreground", "7"])
+    assert "t.zarr" in message and "--foreground" in message and "7" in message
+    # sections where it does occur are scored
+    assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", sections="0:2")["sections_scored"] == [0, 1]
+
+
+def test_json_report_never_overwrites_an_input(tmp_path):
+    _write(tmp_path / "t.zarr", np.tile(MEMBRANE, (2, 1, 1)), kind="mask")
+    _write(
+        tmp_path / "p.zarr", np.tile((MEMBRANE == 0) * 255, (2, 1, 1)).astype(np.uint8), kind="probability"
+    )
+    before = (tmp_path / "p.zarr" / "zarr.json").read_bytes()
+    from volseg.errors import OutputError
+
+    for target in (tmp_path / "p.zarr" / "zarr.json", tmp_path / "t.zarr", tmp_path / "p.zarr" / "r.json"):
+        with pytest.raises(OutputError, match="--json"):
+            evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", json_path=target)
+    assert (tmp_path / "p.zarr" / "zarr.json").read_bytes() == before
+    assert not (tmp_path / "p.zarr" / "r.json").exists()
+    assert "--json" in _cli_error([tmp_path / "p.zarr", tmp_path / "t.zarr", "--json", tmp_path / "t.zarr"])
+
+
+# --------------------------------------------------- placement by OME translation
+def _translate(path, offset):
+    """Record a voxel offset as 'volseg predict --roi' does: a translation after the scale (physical)."""
+    from volseg.volume import open_volume
+
+    vol = open_volume(path, mode="r+")
+    ome = dict(vol.group.attrs["ome"])
+    for dataset in ome["multiscales"][0]["datasets"]:
+        scale = dataset["coordinateTransformations"][0]["scale"]
+        dataset["coordinateTransformations"].append(
+            {"type": "translation", "translation": [float(o * s) for o, s in zip(offset, scale, strict=True)]}
+        )
+    vol.group.attrs.update({"ome": ome})
+    return path
+
+
+def _write_placed(path, data, kind, offset=None, voxel_size=(50, 4, 4), chunks=(2, 16, 16)):
+    data = np.asarray(data)
+    vol = create_volume(path, data.shape, data.dtype, chunks, kind=kind, voxel_size=voxel_size)
+    for b in vol.block_ids():
+        vol.write_block(b, data[vol.block_region(b)])
+    vol.mark_complete()
+    return _translate(path, offset) if offset is not None else path
+
+
+def _membrane_truth(shape, n, seed):
+    """ISBI-like truth: 0 on the membranes between Voronoi cells, 255 inside them."""
+    cells = _random_cells(shape, n, seed)
+    from skimage.segmentation import find_boundaries
+
+    membrane = np.stack([find_boundaries(c, mode="inner") for c in cells])
+    return np.where(membrane, 0, 255).astype(np.uint8), np.where(membrane, 0, cells).astype(np.uint32)
+
+
+def _close(a, b):
+    for key, value in a.items():
+        if isinstance(value, float):
+            assert b[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+        else:
+            assert b[key] == value, key
+
+
+ROI = ((2, 5), (8, 31), (5, 37))
+
+
+@pytest.mark.parametrize("truth_kind", ["binary", "label"])
+@pytest.mark.parametrize("pred_kind", ["probability", "label"])
+def test_roi_prediction_scores_like_the_hand_cropped_truth(tmp_path, pred_kind, truth_kind):
+    binary, cells = _membrane_truth((6, 40, 44), 40, seed=5)
+    truth = binary if truth_kind == "binary" else cells
+    crop = tuple(slice(a, b) for a, b in ROI)
+    rng = np.random.default_rng(0)
+    if pred_kind == "probability":
+        roi = np.clip((binary[crop] == 0) * 200 + rng.integers(0, 60, binary[crop].shape), 0, 255).astype(
+            np.uint8
+        )
+    else:
+        roi = _random_cells(tuple(b - a for a, b in ROI), 30, seed=6)
+    tkind = "mask" if truth_kind == "binary" else "label"
+    _write_placed(tmp_path / "t.zarr", truth, tkind)
+    _write_placed(tmp_path / "p.zarr", roi, pred_kind, offset=[a for a, _ in ROI])
+    # the reference: the same prediction, unplaced, against the truth cropped by hand
+    _write_placed(tmp_path / "tc.zarr", truth[crop], tkind)
+    _write_placed(tmp_path / "pc.zarr", roi, pred_kind)
+    opts = EvaluateOptions(foreground=(0,))
+    placed = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=opts)
+    reference = evaluate(tmp_path / "pc.zarr", tmp_path / "tc.zarr", options=opts)
+    assert placed["region"] == {"z": [2, 5], "y": [8, 31], "x": [5, 37]}
+    assert placed["sections_scored"] == [2, 3, 4]
+    _close(reference["overall"], placed["overall"])
+    for ref_row, row in zip(reference["sections"], placed["sections"], strict=True):
+        assert row["section"] == ref_row["section"] + 2
+        _close({k: v for k, v in ref_row.items() if k != "section"}, row)
+    # --sections are the truth's section numbers
+    one = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=opts, sections="3")
+    ref_one = evaluate(tmp_path / "pc.zarr", tmp_path / "tc.zarr", options=opts, sections="1")
+    assert one["sections_scored"] == [3]
+    _close(ref_one["overall"], one["overall"])
+    with pytest.raises(OptionError, match="section 1 .*2:5"):
+        evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=opts, sections="1:3")
+
+
+def test_sub_volume_at_offset_zero_is_scored_on_the_overlap(tmp_path):
+    binary, _ = _membrane_truth((4, 30, 30), 20, seed=7)
+    _write_placed(tmp_path / "t.zarr", binary, "mask")
+    _write_placed(tmp_path / "p.zarr", (binary[:2, :20] == 0).astype(np.uint8) * 255, "probability")
+    report = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=EvaluateOptions(foreground=(0,)))
+    assert report["region"] == {"z": [0, 2], "y": [0, 20], "x": [0, 30]}
+    assert report["overall"]["dice"] == 1 and report["sections_scored"] == [0, 1]
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "p.zarr"), str(tmp_path / "t.zarr")])
+    assert result.exit_code == 0, result.output
+    assert "scored the overlap" in " ".join(result.stdout.split())
+
+
+def test_no_overlap_or_other_voxel_sizes_are_refused(tmp_path):
+    binary, _ = _membrane_truth((4, 30, 30), 20, seed=8)
+    _write_placed(tmp_path / "t.zarr", binary, "mask")
+    prob = np.zeros((2, 10, 10), np.uint8)
+    _write_placed(tmp_path / "far.zarr", prob, "probability", offset=(4, 0, 0))
+    _write_placed(tmp_path / "side.zarr", prob, "probability", offset=(0, 5, 30))
+    _write_placed(tmp_path / "fine.zarr", prob, "probability", offset=(1, 5, 5), voxel_size=(50, 2, 2))
+    for name in ("far.zarr", "side.zarr"):
+        with pytest.raises(InputError, match="does not overlap"):
+            evaluate(tmp_path / name, tmp_path / "t.zarr")
+        assert "overlap" in _cli_error([tmp_path / name, tmp_path / "t.zarr"])
+    with pytest.raises(InputError, match="voxel size"):
+        evaluate(tmp_path / "fine.zarr", tmp_path / "t.zarr")
+    _write_placed(tmp_path / "half.zarr", prob, "probability", offset=(0, 0.5, 0))
+    with pytest.raises(InputError, match="whole number of voxels"):
+        evaluate(tmp_path / "half.zarr", tmp_path / "t.zarr")
+
+
+def test_voxel_offset_reads_the_translation(tmp_path):
+    from volseg.evaluate import voxel_offset
+    from volseg.volume import open_volume
+
+    _write_placed(tmp_path / "a.zarr", np.zeros((2, 8, 8), np.uint8), "probability", offset=(3, 10, 20))
+    _write_placed(tmp_path / "b.zarr", np.zeros((2, 8, 8), np.uint8), "probability")
+    assert voxel_offset(open_volume(tmp_path / "a.zarr")) == (3, 10, 20)
+    assert voxel_offset(open_volume(tmp_path / "b.zarr")) == (0, 0, 0)
+    # malformed metadata is one line, not a traceback
+    vol = open_volume(tmp_path / "b.zarr", mode="r+")
+    ome = vol.group.attrs["ome"]
+    for bad, needle in (
+        ([{"type": "scale", "scale": [0, 4, 4]}], "scale"),
+        (
+            [{"type": "scale", "scale": [50, 4, 4]}, {"type": "translation", "translation": [1, 2]}],
+            "translation",
+        ),
+        ("nonsense", "coordinateTransformations"),
+    ):
+        ome["multiscales"][0]["datasets"][0]["coordinateTransformations"] = bad
+        vol.group.attrs.update({"ome": ome})
+        with pytest.raises(InputError, match=needle):
+            voxel_offset(open_volume(tmp_path / "b.zarr"))
+
+
+def _unplaced_copy(src, dst):
+    """A copy of a volume without its OME translation: the reference of a placed evaluation."""
+    import shutil
+
+    from volseg.volume import open_volume
+
+    shutil.copytree(src, dst)
+    vol = open_volume(dst, mode="r+")
+    ome = dict(vol.group.attrs["ome"])
+    for dataset in ome["multiscales"][0]["datasets"]:
+        dataset["coordinateTransformations"] = [
+            t for t in dataset["coordinateTransformations"] if t["type"] != "translation"
+        ]
+    vol.group.attrs.update({"ome": ome})
+    return dst
+
+
+def test_predict_roi_then_segment_then_evaluate_against_the_whole_truth(tmp_path):
+    from predict_support import em_like, unet_file, write_volume
+
+    from volseg.predict import predict
+    from volseg.segment import segment
+
+    image = em_like((4, 64, 80), seed=2)
+    write_volume(tmp_path / "img.zarr", image, (2, 32, 32))
+    binary, _ = _membrane_truth((4, 64, 80), 25, seed=9)
+    _write_placed(tmp_path / "t.zarr", binary, "mask")
+    model = unet_file(tmp_path / "model.pt")
+    predict(model, tmp_path / "img.zarr", tmp_path / "p.zarr", roi="1:3,8:56,16:72")
+    segment(tmp_path / "p.zarr", tmp_path / "c.zarr")
+    _write_placed(tmp_path / "tc.zarr", binary[1:3, 8:56, 16:72], "mask")
+    for name in ("p", "c"):
+        _unplaced_copy(tmp_path / f"{name}.zarr", tmp_path / f"{name}_ref.zarr")
+        placed = evaluate(tmp_path / f"{name}.zarr", tmp_path / "t.zarr")
+        reference = evaluate(tmp_path / f"{name}_ref.zarr", tmp_path / "tc.zarr")
+        assert placed["region"] == {"z": [1, 3], "y": [8, 56], "x": [16, 72]}, name
+        assert placed["kind"] == ("binary" if name == "p" else "instance")
+        _close(reference["overall"], placed["overall"])
+        assert [r["section"] for r in placed["sections"]] == [1, 2]
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "c.zarr"), str(tmp_path / "t.zarr")])
+    assert result.exit_code == 0, result.output
+    assert "scored the overlap z 1:3, y 8:56, x 16:72" in " ".join(result.stdout.split())
+
+
+def test_json_url_is_refused_not_taken_as_a_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "t.zarr", np.tile(MEMBRANE, (2, 1, 1)), kind="mask")
+    _write(
+        tmp_path / "p.zarr", np.tile((MEMBRANE == 0) * 255, (2, 1, 1)).astype(np.uint8), kind="probability"
+    )
+    with pytest.raises(InputError, match="is a URL"):
+        evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", json_path="s3://bucket/r.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zarr", "t.zarr"]
+
+
+def test_a_raw_image_as_prediction_is_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from volseg.cli import app
+    from volseg.volume import create_volume
+
+    paths = []
+    for name, kind in (("img.zarr", "image"), ("truth.zarr", "label")):
+        vol = create_volume(tmp_path / name, (1, 16, 16), "uint8", (1, 16, 16), kind=kind)
+        vol.write_block((0, 0, 0), (np.arange(256).reshape(1, 16, 16) % 2 * 255).astype(np.uint8))
+        vol.mark_complete()
+        paths.append(str(tmp_path / name))
+    result = CliRunner().invoke(app, ["evaluate", *paths, "--foreground", "0"])
+    assert result.exit_code == 2 and "is an image (raw EM) volume, but evaluate's PRED" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -157,6 +157,7 @@ def test_training_curves(tmp_path):
 def test_cli_preview_and_its_errors(tmp_path):
     _write(tmp_path / "i.zarr", _image((3, 20, 30)))
     _write(tmp_path / "m.zarr", np.zeros((2, 20, 30), np.uint8), kind="mask")
+    _translate(tmp_path / "m.zarr", (3, 0, 0))  # lies beyond the image's 3 sections
     ok = runner.invoke(
         app,
         [
@@ -174,7 +175,7 @@ def test_cli_preview_and_its_errors(tmp_path):
     assert Image.open(tmp_path / "a.png").size == (GAP + 2 * (60 + GAP), GAP + TITLE_HEIGHT + 40 + GAP)
     for args, needle in [
         (["--sections", "7"], "--sections"),
-        (["--overlay", str(tmp_path / "m.zarr")], "shape"),
+        (["--overlay", str(tmp_path / "m.zarr")], "does not overlap"),
         (["--level", "x"], "--level"),
         (["-o", str(tmp_path / "a.jpg")], ".png"),
     ]:
@@ -192,3 +193,237 @@ def test_missing_inputs(tmp_path):
         preview(tmp_path / "nothing.zarr", tmp_path / "p.png")
     with pytest.raises(InputError, match="training log"):
         preview(None, tmp_path / "p.png", curves=tmp_path / "none.jsonl")
+
+
+# ------------------------------------------------------ overlays placed by translation
+def _translate(path, offset):
+    """Record a voxel offset as 'volseg predict --roi' does: a translation after the scale (physical)."""
+    from volseg.volume import open_volume
+
+    vol = open_volume(path, mode="r+")
+    ome = dict(vol.group.attrs["ome"])
+    for dataset in ome["multiscales"][0]["datasets"]:
+        scale = dataset["coordinateTransformations"][0]["scale"]
+        dataset["coordinateTransformations"].append(
+            {"type": "translation", "translation": [float(o * s) for o, s in zip(offset, scale, strict=True)]}
+        )
+    vol.group.attrs.update({"ome": ome})
+    return path
+
+
+def test_translated_overlay_is_drawn_where_it_lies(tmp_path):
+    image = _image((5, 40, 60))
+    _write(tmp_path / "i.zarr", image)
+    roi = np.ones((2, 20, 30), np.uint8)  # a mask over z 2:4, y 10:30, x 20:50 of the image
+    roi[:, :, :5] = 0  # its first 5 columns are off
+    _write(tmp_path / "m.zarr", roi, kind="mask")
+    _translate(tmp_path / "m.zarr", (2, 10, 20))
+    info = preview(
+        tmp_path / "i.zarr",
+        tmp_path / "p.png",
+        overlay=tmp_path / "m.zarr",
+        options=PreviewOptions(panel=60, alpha=0.5),
+    )
+    assert info["sections"] == [2, 3]  # by default, sections where the overlay lies
+    assert info["overlay_region"] == {"z": [2, 4], "y": [10, 30], "x": [20, 50]}
+    png = Image.open(tmp_path / "p.png")
+    expected = np.zeros((40, 60), bool)
+    expected[10:30, 25:50] = True
+    for column in (0, 1):
+        panel = _panel(png, column, 1, (40, 60), 2).astype(int)
+        raw = _panel(png, column, 0, (40, 60), 2).astype(int)
+        np.testing.assert_array_equal((panel[..., 1] - panel[..., 0]) > 60, expected)
+        np.testing.assert_array_equal(panel[~expected], raw[~expected])  # the raw data around it
+    with pytest.raises(OptionError, match="section 1 .*2:4"):
+        preview(
+            tmp_path / "i.zarr",
+            tmp_path / "q.png",
+            overlay=tmp_path / "m.zarr",
+            options=PreviewOptions(sections=(1, 2)),
+        )
+
+
+def test_overlay_over_a_translated_base_and_probabilities_of_a_roi(tmp_path):
+    # an ROI prediction shown over the ROI's cells: both lie at the same place
+    prob = np.zeros((2, 16, 24), np.uint8)
+    prob[:, :, 12:] = 255
+    labels = np.zeros((2, 16, 24), np.uint32)
+    labels[:, 2:10, 2:10] = 5
+    _write(tmp_path / "p.zarr", prob, kind="probability")
+    _write(tmp_path / "c.zarr", labels, kind="label")
+    for name in ("p.zarr", "c.zarr"):
+        _translate(tmp_path / name, (3, 8, 8))
+    info = preview(
+        tmp_path / "p.zarr",
+        tmp_path / "a.png",
+        overlay=tmp_path / "c.zarr",
+        options=PreviewOptions(panel=24, style="fill", alpha=1.0),
+    )
+    assert info["sections"] == [0, 1] and info["overlay_region"] == {"z": [0, 2], "y": [0, 16], "x": [0, 24]}
+    panel = _panel(Image.open(tmp_path / "a.png"), 0, 1, (16, 24), 2)
+    assert (panel[5, 5] == label_colours(np.array([[5]]))[0, 0]).all()
+    # the ROI's probabilities over the whole image: a heat map where they lie, the raw data elsewhere
+    _write(tmp_path / "i.zarr", _image((6, 32, 48)))
+    preview(
+        tmp_path / "i.zarr",
+        tmp_path / "b.png",
+        overlay=tmp_path / "p.zarr",
+        options=PreviewOptions(panel=48, sections=(4,)),
+    )
+    panel = _panel(Image.open(tmp_path / "b.png"), 0, 1, (32, 48), 2).astype(int)
+    raw = _panel(Image.open(tmp_path / "b.png"), 0, 0, (32, 48), 2).astype(int)
+    assert (panel[8:24, 22:32, 0] > 240).all() and panel[8:24, 8:18].sum(axis=2).max() < 40  # heat map
+    np.testing.assert_array_equal(panel[:8], raw[:8])
+    np.testing.assert_array_equal(panel[:, :8], raw[:, :8])
+
+
+def test_overlay_that_does_not_overlap_is_refused(tmp_path):
+    _write(tmp_path / "i.zarr", _image((3, 20, 30)))
+    _write(tmp_path / "m.zarr", np.ones((2, 10, 10), np.uint8), kind="mask")
+    _translate(tmp_path / "m.zarr", (0, 20, 0))
+    result = runner.invoke(
+        app,
+        [
+            "preview",
+            str(tmp_path / "i.zarr"),
+            "--overlay",
+            str(tmp_path / "m.zarr"),
+            "-o",
+            str(tmp_path / "p.png"),
+        ],
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "does not overlap" in lines[0]
+    assert not (tmp_path / "p.png").exists()
+
+
+# ------------------------------------------------------------- curves: bad logs
+def _train_log_lines() -> list[str]:
+    records = [{"kind": "step", "step": s, "loss": 1.0 / s, "lr": 1e-3, "time": 0.1 * s} for s in range(1, 9)]
+    records.insert(
+        4, {"kind": "val", "step": 4, "pixel_error": 0.2, "dice": 0.7, "v_rand": 0.8, "v_info": 0.85}
+    )
+    return [json.dumps(r) for r in records]
+
+
+def test_curves_refuse_what_is_not_a_train_log(tmp_path):
+    cases = {
+        "binary.jsonl": (bytes(range(256)) * 4, "binary"),
+        "empty.jsonl": (b"", "empty"),
+        "blank.jsonl": (b"\n  \n\n", "empty"),
+        "text.jsonl": (b"step,loss\n1,0.5\n", "line 1 is not JSON"),
+        "latin1.jsonl": (
+            '{"step": 1, "loss": 0.5, "note": "\u00e9"}\n'.encode("latin-1"),
+            "line 1 is not JSON",
+        ),
+        "lists.jsonl": (b"\n[1, 2]\n3\n", "line 2 is a JSON array, not an object"),
+        "no loss.jsonl": (b'{"step": 3}\n', "line 1 has no number 'loss'"),
+        "loss text.jsonl": (b'{"loss": "x"}\n', "line 1 has no number 'step'"),
+        "loss str.jsonl": (b'{"step": 1, "loss": "x"}\n', "line 1 has no number 'loss'"),
+        "step bool.jsonl": (b'{"step": true, "loss": 1}\n', "line 1 has no number 'step'"),
+        "only val.jsonl": (b'{"kind": "val", "step": 3, "v_rand": 0.5}\n', "no step record"),
+        "deep.jsonl": (b"[" * 100000 + b"\n", "line 1 is not JSON"),
+        "missing.jsonl": (None, "no such training log"),
+        "folder.jsonl": ("dir", "is a folder"),
+    }
+    out = tmp_path / "out" / "curves.png"
+    for name, (content, needle) in cases.items():
+        log = tmp_path / name
+        if content == "dir":
+            log.mkdir()
+        elif content is not None:
+            log.write_bytes(content)
+        result = runner.invoke(app, ["preview", "--curves", str(log), "-o", str(out)])
+        assert result.exit_code == 2, (name, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"volseg: error: {log}: "), (name, result.stderr)
+        assert needle in lines[0], (name, lines[0])
+        assert "MODEL.log.jsonl" in lines[0] and "Traceback" not in result.output, (name, result.output)
+        assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir())), name
+
+
+def test_curves_skip_unusable_lines_of_a_train_log(tmp_path):
+    from volseg.curves import read_log
+
+    lines = _train_log_lines()
+    lines[2:2] = ["", '{"kind": "note", "text": "resumed"}', "[1]", '{"step": "x", "loss": 1}']
+    lines.append('{"kind": "step", "step": 9, "loss": NaN, "lr": "x"}')  # a diverged step
+    lines.append('{"kind": "val", "step": 9, "v_rand": "x", "dice": true}')
+    lines.append('{"kind": "step", "step": 10, "lo')  # torn by a killed run
+    lines.append("\0" * 64)  # what a crash can leave at the end of a file
+    log = tmp_path / "m.log.jsonl"
+    log.write_text("\n".join(lines))
+    steps, vals = read_log(log)
+    assert [r["step"] for r in steps] == list(range(1, 10)) and [r["step"] for r in vals] == [4, 9]
+    out = tmp_path / "c.png"
+    result = runner.invoke(app, ["preview", "--curves", str(log), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size[0] > 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "m.log.jsonl"]  # no temporary left
+
+
+_ODD_VALUES = [None, "x", [], {}, True, 1e308, -1e308, 1e300, float("nan"), float("inf"), 10**400, -3, 0]
+
+
+def _mutated_log(lines: list[str], kind: int, rng: np.random.Generator) -> bytes:
+    if kind == 0:
+        return rng.bytes(int(rng.integers(0, 300)))
+    text = "\n".join(lines).encode()
+    if kind == 1:  # bytes changed anywhere
+        data = bytearray(text)
+        for _ in range(int(rng.integers(1, 10))):
+            data[int(rng.integers(len(data)))] = int(rng.integers(256))
+        return bytes(data)
+    if kind == 2:  # truncated
+        return text[: int(rng.integers(0, len(text)))]
+    if kind == 3:  # some lines dropped, repeated or shuffled
+        picked = rng.choice(len(lines), size=int(rng.integers(1, len(lines) + 3)))
+        return "\n".join(lines[i] for i in picked).encode()
+    records = [json.loads(line) for line in lines]  # odd values in every record
+    for record in records:
+        key = ["step", "loss", "lr", "kind", "v_rand", "dice"][int(rng.integers(6))]
+        record[key] = _ODD_VALUES[int(rng.integers(len(_ODD_VALUES)))]
+    return "\n".join(json.dumps(r) for r in records).encode()
+
+
+def test_curves_of_fuzzed_logs_are_drawn_or_one_error(tmp_path):
+    import warnings
+
+    from volseg.curves import plot_curves, read_log
+    from volseg.errors import VolsegError
+
+    rng = np.random.default_rng(7)
+    lines = _train_log_lines()
+    log, png = tmp_path / "f.log.jsonl", tmp_path / "f.png"
+    drawn, refused = 0, 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would reach the user's stderr
+        for i in range(200):
+            log.write_bytes(_mutated_log(lines, i % 5, rng))
+            try:
+                read_log(log)
+                if drawn < 3 and i % 5 == 4:  # drawing takes ~0.4 s: a few of the odd-value logs
+                    plot_curves(log, png)
+                    drawn += 1
+            except VolsegError as exc:
+                refused += 1
+                message = str(exc)
+                assert message.startswith(f"{log}: ") and "\n" not in message and message.isprintable(), (
+                    message
+                )
+    assert drawn == 3 and 20 < refused < 180
+
+
+def test_the_png_is_never_written_into_an_input(tmp_path):
+    from volseg.errors import OutputError
+
+    _write(tmp_path / "i.zarr", _image((2, 20, 30)))
+    _write(tmp_path / "m.zarr", np.zeros((2, 20, 30), np.uint8), kind="mask")
+    before = sorted(p.name for p in (tmp_path / "m.zarr").iterdir())
+    for out in (tmp_path / "i.zarr" / "p.png", tmp_path / "m.zarr" / "p.png"):
+        with pytest.raises(OutputError, match="-o"):
+            preview(tmp_path / "i.zarr", out, overlay=tmp_path / "m.zarr")
+    assert sorted(p.name for p in (tmp_path / "m.zarr").iterdir()) == before
+    assert not (tmp_path / "i.zarr" / "p.png").exists()
+    with pytest.raises(InputError, match="is a URL"):
+        preview(tmp_path / "i.zarr", "s3://bucket/p.png")

@@ -312,3 +312,99 @@ def test_cli_defaults_are_the_api_defaults():
     for name, value in defaults.items():
         default = params[name].default
         assert getattr(default, "value", default) == value, name
+
+
+# ------------------------------------------------------------- what segment accepts
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_raw_em_image_is_refused(tmp_path, dtype):
+    # raw EM has dark membranes and bright cells: taken as membrane probabilities it gives nonsense
+    _write(tmp_path / "i.zarr", np.full((1, 16, 16), 120, dtype), (1, 16, 16), kind="image")
+    with pytest.raises(InputError, match="image .*volume.*volseg predict.*--input-kind"):
+        segment(tmp_path / "i.zarr", tmp_path / "c.zarr")
+    assert not (tmp_path / "c.zarr").exists()
+    result = runner.invoke(app, ["segment", str(tmp_path / "i.zarr"), str(tmp_path / "c.zarr")])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "--input-kind" in lines[0]
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_unrecorded_kind_is_refused_unless_input_kind_says(tmp_path):
+    _, prob = _toy_cells((2, 40, 40), 5, seed=10)
+    _write(tmp_path / "p.zarr", prob, (1, 40, 40))
+    foreign = open_volume(tmp_path / "p.zarr", mode="r+")  # another tool wrote it: no volseg block
+    del foreign.group.attrs["volseg"]
+    with pytest.raises(InputError, match="unrecorded kind.*--input-kind"):
+        segment(tmp_path / "p.zarr", tmp_path / "c.zarr")
+    segment(tmp_path / "p.zarr", tmp_path / "c.zarr", input_kind="probability")
+    np.testing.assert_array_equal(
+        open_volume(tmp_path / "c.zarr").data.compute(), segment_array(prob / 255.0, SegmentOptions())
+    )
+
+
+def test_input_kind_says_what_an_image_volume_holds(tmp_path):
+    # probabilities from another tool, converted to zarr (recorded as an image)
+    _, prob = _toy_cells((2, 40, 40), 5, seed=11)
+    _write(tmp_path / "p.zarr", prob, (1, 40, 40), kind="image")
+    result = runner.invoke(
+        app,
+        ["segment", str(tmp_path / "p.zarr"), str(tmp_path / "c.zarr"), "--input-kind", "probability"],
+    )
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(
+        open_volume(tmp_path / "c.zarr").data.compute(), segment_array(prob / 255.0, SegmentOptions())
+    )
+    mask = (prob > 127).astype(np.uint8) * 7  # a mask stored as 0 / 7: on wherever non-zero
+    _write(tmp_path / "m.zarr", mask, (1, 40, 40), kind="image")
+    opts = SegmentOptions(method="cc", sigma=0)
+    segment(tmp_path / "m.zarr", tmp_path / "d.zarr", options=opts, input_kind="mask")
+    np.testing.assert_array_equal(
+        open_volume(tmp_path / "d.zarr").data.compute(), segment_array(mask > 0, opts)
+    )
+    with pytest.raises(OptionError, match="--input-kind"):
+        segment(tmp_path / "m.zarr", tmp_path / "e.zarr", input_kind="image")
+
+
+def _tree(path):
+    return sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*"))
+
+
+def test_output_that_is_inside_or_holds_the_input_is_refused_before_anything(tmp_path):
+    _, prob = _toy_cells((2, 32, 32), 4, seed=12)
+    _write(tmp_path / "data" / "p.zarr", prob, (1, 32, 32))
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "data" / "p.zarr")
+    before = _tree(tmp_path / "data")
+    for out in (
+        tmp_path / "data" / "p.zarr",
+        tmp_path / "link.zarr",
+        tmp_path / "data" / "p.zarr" / "cells.zarr",
+        tmp_path / "data",
+    ):
+        for flags in ({}, {"overwrite": True}, {"resume": True}):
+            with pytest.raises(OutputError, match="input"):
+                segment(tmp_path / "data" / "p.zarr", out, **flags)
+            assert _tree(tmp_path / "data") == before
+    result = runner.invoke(
+        app, ["segment", str(tmp_path / "link.zarr"), str(tmp_path / "data"), "--overwrite"]
+    )
+    assert result.exit_code == 2 and "input" in result.stderr
+    assert _tree(tmp_path / "data") == before
+
+
+def test_labels_carry_the_input_translation(tmp_path):
+    _, prob = _toy_cells((3, 40, 48), 6, seed=13)
+    _write(tmp_path / "p.zarr", prob, (1, 40, 48))
+    vol = open_volume(tmp_path / "p.zarr", mode="r+")
+    ome = dict(vol.group.attrs["ome"])
+    ome["multiscales"][0]["datasets"][0]["coordinateTransformations"].append(
+        {"type": "translation", "translation": [100.0, 32.0, 40.0]}
+    )
+    vol.group.attrs.update({"ome": ome})
+    for mode in ("2d", "3d"):
+        segment(tmp_path / "p.zarr", tmp_path / f"{mode}.zarr", options=SegmentOptions(mode=mode))
+        cells = open_volume(tmp_path / f"{mode}.zarr")
+        transforms = cells.group.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+        assert transforms == [
+            {"type": "scale", "scale": [50.0, 4.0, 4.0]},
+            {"type": "translation", "translation": [100.0, 32.0, 40.0]},
+        ]
+        assert "image-label" in cells.group.attrs["ome"] and cells.complete

@@ -184,7 +184,8 @@ def require_kind(
     kind = recorded_kind(vol)
     if kind in allowed or (kind is None and unknown_ok):
         return kind
-    need = " or ".join(_KIND_WORDS[k].split(" ", 1)[1] for k in allowed)
+    names = [_KIND_WORDS[k].split(" ", 1)[1].removesuffix(" volume") for k in allowed]
+    need = f"{'an' if names[0][0] in 'aeiou' else 'a'} {' or '.join(names)} volume"
     raise InputError(f"{vol.path}: is {_KIND_WORDS.get(kind, kind)}, but {role} must be {need}; {fix}")
 
 

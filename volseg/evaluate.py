@@ -35,11 +35,19 @@ from typing import Any
 import numpy as np
 import scipy.ndimage as ndi
 
+from volseg.checks import local_path, output_not_input, recorded_kind, require_kind
 from volseg.errors import InputError, OptionError
 from volseg.sections import parse_sections
 from volseg.volume import Volume, open_volume
 
-__all__ = ["EvaluateOptions", "evaluate", "parse_foreground", "print_report"]
+__all__ = [
+    "EvaluateOptions",
+    "evaluate",
+    "overlap_region",
+    "parse_foreground",
+    "print_report",
+    "voxel_offset",
+]
 
 FOREGROUND_KINDS = ("boundary", "object")
 INSTANCE_MODES = ("auto", "2d", "3d")
@@ -108,19 +116,147 @@ def parse_foreground(text: str | None) -> tuple[int, ...] | None:
     return values
 
 
+# -------------------------------------------------------------------- placement
+#: A translation within this many voxels of a whole number counts as whole (float rounding).
+_WHOLE_VOXEL = 1e-3
+
+
+def voxel_offset(vol: Volume, level: int = 0) -> tuple[int, ...]:
+    """Where ``vol`` lies: the ``(z, y, x)`` voxel index of its first voxel in the frame of its source.
+
+    Read from the OME ``translation`` of the level's dataset (after its ``scale``, in physical
+    units: offset = translation / scale), which ``volseg predict --roi`` and ``volseg segment``
+    record; a volume without one lies at ``(0, 0, 0)``. Refused (one line) when the transforms
+    are malformed or the translation is not a whole number of voxels.
+    """
+    ndim = len(vol.shape)
+    transforms = _transforms(vol, level)
+    scale = _vector(vol, "scale", [t for t in transforms if t.get("type") == "scale"][:1], ndim)
+    if scale is None:
+        scale = np.ones(ndim)
+    if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+        raise InputError(
+            f"{vol.path}: its OME scale {scale.tolist()} is not {ndim} positive numbers; fix the volume's "
+            "metadata (zarr.json) or convert it again"
+        )
+    shift = _vector(vol, "translation", [t for t in transforms if t.get("type") == "translation"], ndim)
+    if shift is None:
+        return (0,) * ndim
+    voxels = shift / scale
+    whole = np.rint(voxels)
+    if np.abs(voxels - whole).max(initial=0.0) > _WHOLE_VOXEL:
+        raise InputError(
+            f"{vol.path}: its OME translation {shift.tolist()} is not a whole number of voxels of size "
+            f"{scale.tolist()} ({voxels.round(3).tolist()} voxels); volseg places volumes on the voxel "
+            "grid: crop it on whole voxels (as 'volseg predict --roi' does)"
+        )
+    return tuple(int(v) for v in whole)
+
+
+def _transforms(vol: Volume, level: int) -> list[dict[str, Any]]:
+    """The coordinate transformations of dataset ``level`` (one line when the metadata is malformed)."""
+    try:
+        datasets = vol.group.attrs["ome"]["multiscales"][0]["datasets"]
+        transforms = datasets[level].get("coordinateTransformations") or []
+        if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+            raise TypeError
+        return transforms
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise InputError(
+            f"{vol.path}: its OME metadata has no readable dataset {level} (multiscales/datasets/"
+            "coordinateTransformations); fix the volume's metadata (zarr.json) or convert it again"
+        ) from None
+
+
+def _vector(vol: Volume, name: str, transforms: list[dict[str, Any]], ndim: int) -> np.ndarray | None:
+    """The sum of the ``name`` vectors of ``transforms`` (float, length ``ndim``); None if there are none."""
+    if not transforms:
+        return None
+    total = np.zeros(ndim)
+    for t in transforms:
+        value = t.get(name)
+        try:
+            vector = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            vector = None
+        if vector is None or vector.shape != (ndim,) or not np.all(np.isfinite(vector)):
+            raise InputError(
+                f"{vol.path}: its OME {name} {value!r} is not {ndim} finite numbers (z, y, x); fix the "
+                "volume's metadata (zarr.json) or convert it again"
+            )
+        total += vector
+    return total
+
+
+def overlap_region(
+    a_offset: Sequence[int], a_shape: Sequence[int], b_offset: Sequence[int], b_shape: Sequence[int]
+) -> tuple[tuple[int, int], ...] | None:
+    """``[start, stop)`` per axis, in the common frame, where two placed boxes overlap; None if nowhere."""
+    region = tuple(
+        (max(ao, bo), min(ao + an, bo + bn))
+        for ao, an, bo, bn in zip(a_offset, a_shape, b_offset, b_shape, strict=True)
+    )
+    return region if all(lo < hi for lo, hi in region) else None
+
+
+def _span(region: Sequence[tuple[int, int]]) -> str:
+    return ", ".join(f"{ax} {lo}:{hi}" for ax, (lo, hi) in zip("zyx", region, strict=True))
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where PRED and TRUTH lie in the common frame, and the overlap that is scored."""
+
+    pred_at: tuple[int, ...]
+    truth_at: tuple[int, ...]
+    region: tuple[tuple[int, int], ...]
+
+    def plane(self, at: Sequence[int]) -> tuple[slice, slice]:
+        """The overlap's (y, x) slices in the local frame of a volume lying at ``at``."""
+        return tuple(slice(lo - o, hi - o) for (lo, hi), o in zip(self.region[1:], at[1:], strict=True))
+
+
+def _place(p: Volume, t: Volume) -> _Placement:
+    """Place PRED on TRUTH by their recorded translations (voxel sizes must then agree)."""
+    pred_at, truth_at = voxel_offset(p), voxel_offset(t)
+    placed = any(pred_at) or any(truth_at) or p.shape != t.shape
+    if placed and not np.allclose(p.voxel_size, t.voxel_size, rtol=1e-6):
+        raise InputError(
+            f"{p.path}: voxel size {list(p.voxel_size)} differs from the truth {t.path} voxel size "
+            f"{list(t.voxel_size)}, so it cannot be placed on the truth; evaluate a prediction of the "
+            "truth's image (convert image and labels with the same --voxel-size)"
+        )
+    region = overlap_region(pred_at, p.shape, truth_at, t.shape)
+    if region is None:
+        own = _span([(o, o + n) for o, n in zip(pred_at, p.shape, strict=True)])
+        theirs = _span([(o, o + n) for o, n in zip(truth_at, t.shape, strict=True)])
+        raise InputError(
+            f"{p.path}: does not overlap the truth {t.path}: it lies at {own} and the truth at {theirs} "
+            "(voxels, from their OME translations); evaluate a prediction of (part of) the truth's image"
+        )
+    return _Placement(pred_at, truth_at, region)
+
+
 # ---------------------------------------------------------------------- reading
 class _Sections:
-    """A lazy ``(Z, Y, X)`` view: indexing a section reads it and converts it."""
+    """A lazy ``(Z, Y, X)`` view of chosen sections cropped to ``plane`` (y, x): indexing reads, converts."""
 
-    def __init__(self, vol: Volume, sections: Sequence[int], fn: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(
+        self,
+        vol: Volume,
+        sections: Sequence[int],
+        fn: Callable[[np.ndarray], np.ndarray],
+        plane: tuple[slice, slice] | None = None,
+    ) -> None:
         self.vol, self.sections, self.fn = vol, list(sections), fn
-        self.shape = (len(self.sections), *vol.shape[1:])
+        self.plane = plane or (slice(0, vol.shape[1]), slice(0, vol.shape[2]))
+        self.shape = (len(self.sections), *(s.stop - s.start for s in self.plane))
 
     def __len__(self) -> int:
         return len(self.sections)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return self.fn(np.asarray(self.vol.array[self.sections[i]]))
+        return self.fn(np.asarray(self.vol.array[(self.sections[i], *self.plane)]))
 
 
 def _probability(vol: Volume) -> Callable[[np.ndarray], np.ndarray]:
@@ -138,16 +274,26 @@ def _probability(vol: Volume) -> Callable[[np.ndarray], np.ndarray]:
     return lambda a: np.clip(a.astype(np.float32) * scale + offset, 0.0, 1.0)
 
 
-def _settings(pred: Volume, truth: Volume, opts: EvaluateOptions) -> tuple[tuple[int, ...], str]:
-    """The positive class: the options, else the model's record in ``pred``, else the truth's, else 0."""
+def _settings(pred: Volume, truth: Volume, opts: EvaluateOptions) -> tuple[tuple[int, ...], str, str]:
+    """The positive class: the options, else the model's record in ``pred``, else the truth's, else 0.
+
+    Returns the foreground values, their kind, and where the values came from (for messages).
+    """
     from volseg.segment import recorded_convention
 
     recorded = recorded_convention(pred)
+    source = "recorded in PRED's metadata"
     if recorded["foreground"] is None:
         recorded = {**recorded, **_truth_convention(truth)}
-    foreground = opts.foreground or tuple(recorded["foreground"] or (0,))
+        source = "recorded in TRUTH's metadata"
+    if opts.foreground:
+        foreground, source = opts.foreground, "given"
+    elif recorded["foreground"]:
+        foreground = tuple(recorded["foreground"])
+    else:
+        foreground, source = (0,), "the default"
     kind = opts.foreground_kind or recorded["foreground_kind"] or "boundary"
-    return foreground, kind
+    return foreground, kind, source
 
 
 def _truth_convention(truth: Volume) -> dict[str, Any]:
@@ -163,18 +309,74 @@ def _truth_convention(truth: Volume) -> dict[str, Any]:
     return {"foreground": membrane, "foreground_kind": "boundary"}
 
 
+_TRUTH_FIX = (
+    "pass the ground-truth labels (e.g. 'volseg convert train-labels.tif labels.zarr'), not a prediction"
+)
+
+
 def _open_pair(pred: str | os.PathLike, truth: str | os.PathLike) -> tuple[Volume, Volume]:
+    """Open PRED and TRUTH; refuse a truth that is not labels, and a volume scored against itself."""
     p, t = open_volume(pred), open_volume(truth)
-    if p.shape != t.shape:
+    if p.path.resolve() == t.path.resolve() or _same_file(p.path, t.path):
         raise InputError(
-            f"{p.path}: shape {p.shape} differs from the truth {t.path} shape {t.shape}; "
-            "evaluate a prediction of the same image as the truth"
+            f"{p.path}: PRED and TRUTH {t.path} are the same volume, and a volume scored against itself "
+            "scores perfectly; pass the prediction and the ground truth"
         )
     if np.issubdtype(t.dtype, np.floating):
         raise InputError(
             f"{t.path}: the truth has dtype {t.dtype}; give integer labels (a binary or instance truth)"
         )
+    require_kind(
+        p,
+        ("probability", "mask", "label"),
+        "evaluate's PRED",
+        "pass the output of 'volseg predict' or 'volseg segment' (a map from another tool: convert it "
+        "with --kind probability)",
+        unknown_ok=True,
+    )
+    # Labels converted from a TIFF are recorded as "image": integer data of that kind is accepted.
+    if recorded_kind(t) != "image":
+        require_kind(t, ("label", "mask"), "evaluate's TRUTH", _TRUTH_FIX, unknown_ok=True)
     return p, t
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_foreground(
+    truth: Volume, place: _Placement, sections: Sequence[int], foreground: tuple[int, ...], source: str
+) -> None:
+    """Refuse a positive class that no pixel (or every pixel) of the scored truth holds: nothing to score."""
+    import dask
+
+    tz = [z - place.truth_at[0] for z in sections]
+    view = _Sections(
+        truth, tz, lambda a: np.count_nonzero(np.isin(a, foreground)), place.plane(place.truth_at)
+    )
+    counts = dask.compute(*[dask.delayed(view.__getitem__)(i) for i in range(len(tz))])
+    total, pixels = int(sum(counts)), len(tz) * view.shape[1] * view.shape[2]
+    if 0 < total < pixels:
+        return
+    first = _Sections(truth, tz[:8], np.unique, view.plane)  # the values of a few sections, for the message
+    values = sorted(set().union(*(first[i].tolist() for i in range(len(first)))))
+    what = "no pixel" if total == 0 else "every pixel"
+    raise InputError(
+        f"{truth.path}: {what} of the scored {_sections_text(sections)} holds the --foreground value(s) "
+        f"{list(foreground)} ({source}); the truth holds {values[:8]}{' ...' if len(values) > 8 else ''}: "
+        "pass --foreground with the value(s) that mark the positive class (ISBI 2012: --foreground 0)"
+    )
+
+
+def _sections_text(sections: Sequence[int]) -> str:
+    if len(sections) == 1:
+        return f"section {sections[0]}"
+    if len(sections) <= 4:
+        return f"sections {', '.join(map(str, sections))}"
+    return f"{len(sections)} sections ({sections[0]} to {sections[-1]})"
 
 
 # ----------------------------------------------------------------------- binary
@@ -187,6 +389,7 @@ def _pixel_section(pred: _Sections, truth_pos: _Sections, i: int, threshold: flo
 def _binary(
     pred: Volume,
     truth: Volume,
+    place: _Placement,
     sections: Sequence[int],
     opts: EvaluateOptions,
     foreground: tuple[int, ...],
@@ -196,8 +399,11 @@ def _binary(
 
     from volseg.metrics import ConfusionCounts, isbi_scores
 
-    prob = _Sections(pred, sections, _probability(pred))
-    positive = _Sections(truth, sections, lambda a: np.isin(a, foreground))
+    pz = [z - place.pred_at[0] for z in sections]
+    tz = [z - place.truth_at[0] for z in sections]
+    pp, tp = place.plane(place.pred_at), place.plane(place.truth_at)
+    prob = _Sections(pred, pz, _probability(pred), pp)
+    positive = _Sections(truth, tz, lambda a: np.isin(a, foreground), tp)
     counts = dask.compute(
         *[dask.delayed(_pixel_section)(prob, positive, i, opts.threshold) for i in range(len(sections))]
     )
@@ -209,8 +415,8 @@ def _binary(
         if kind == "boundary":
             membrane_prob, membrane = prob, positive
         else:  # the model scored objects: a membrane is where it says "not object"
-            membrane_prob = _Sections(pred, sections, lambda a, f=_probability(pred): _not(f(a)))
-            membrane = _Sections(truth, sections, lambda a: ~np.isin(a, foreground))
+            membrane_prob = _Sections(pred, pz, lambda a, f=_probability(pred): _not(f(a)), pp)
+            membrane = _Sections(truth, tz, lambda a: ~np.isin(a, foreground), tp)
         isbi = isbi_scores(membrane_prob, membrane)
         overall.update(
             v_rand=isbi["v_rand"],
@@ -259,12 +465,17 @@ def _section_ids(labels: np.ndarray, z: int, plane: int) -> np.ndarray:
     return np.where(labels != 0, local + np.uint64(z) * np.uint64(plane), np.uint64(0))
 
 
-def _instance_section(pred: Volume, truth: Volume, z: int, truth_cells: Callable | None, two_d: bool):
-    """One section's contingency table; 2-D ids (and cells of a binary truth) are made section-specific."""
+def _instance_section(
+    pred: Volume, truth: Volume, place: _Placement, z: int, truth_cells: Callable | None, two_d: bool
+):
+    """One section's contingency table; 2-D ids (and cells of a binary truth) are made section-specific.
+
+    ``z`` is the section in the common frame; both volumes are read over the overlap only.
+    """
     from volseg.metrics import Contingency
 
-    p = np.asarray(pred.array[z])
-    t = np.asarray(truth.array[z])
+    p = np.asarray(pred.array[(z - place.pred_at[0], *place.plane(place.pred_at))])
+    t = np.asarray(truth.array[(z - place.truth_at[0], *place.plane(place.truth_at))])
     plane = p.size + 1
     if truth_cells is not None:
         t = _section_ids(truth_cells(t), z, plane)
@@ -293,6 +504,7 @@ def _instance_scores(table: Any) -> dict[str, float]:
 def _instance(
     pred: Volume,
     truth: Volume,
+    place: _Placement,
     sections: Sequence[int],
     opts: EvaluateOptions,
     foreground: tuple[int, ...],
@@ -305,10 +517,10 @@ def _instance(
     mode = opts.instance_mode
     if mode == "auto":
         mode = ((pred.meta.get("segment") or {}).get("options") or {}).get("mode", "2d")
-    truth_is_labels = truth.kind == "label"
+    truth_is_labels = recorded_kind(truth) == "label"
     cells = None if truth_is_labels else (lambda a: _cells_from_binary(a, foreground, kind))
     tables = dask.compute(
-        *[dask.delayed(_instance_section)(pred, truth, z, cells, mode == "2d") for z in sections]
+        *[dask.delayed(_instance_section)(pred, truth, place, z, cells, mode == "2d") for z in sections]
     )
     total = Contingency()
     for table in tables:
@@ -339,37 +551,50 @@ def evaluate(
     ----------
     pred
         A probability (uint8 0..255 or float 0..1) or mask volume, or a label volume
-        (instances, from ``volseg segment``), shape ``(Z, Y, X)``.
+        (instances, from ``volseg segment``), shape ``(Z, Y, X)``. It is placed on the truth
+        by its OME translation (``volseg predict --roi`` records one; see
+        :func:`voxel_offset`), and the overlap of the two is scored.
     truth
-        The ground truth, same shape: integer labels, binary (e.g. ISBI: 0 membrane,
-        255 cell) or instances (a label volume).
+        The ground truth: integer labels, binary (e.g. ISBI: 0 membrane, 255 cell) or
+        instances (a label volume); not a probability volume, and not ``pred`` itself.
     options
         :class:`EvaluateOptions`.
     sections
-        ``"25:30"``, ``"0,5,10"`` or indices; overrides ``options.sections``.
+        ``"25:30"``, ``"0,5,10"`` or indices, numbered in the truth's frame; overrides
+        ``options.sections``. Default: every section of the overlap.
     json_path
-        Also write the report there (NaN written as ``null``).
+        Also write the report there (NaN written as ``null``); never an input.
 
     Returns
     -------
     dict
         ``kind`` (``binary`` or ``instance``), ``overall`` (scores), ``sections``
-        (one row per section), the inputs and settings, ``seconds``.
+        (one row per section), ``region`` (the scored overlap, ``[start, stop)`` per axis
+        in the truth's frame), the inputs and settings, ``seconds``.
     """
     start = time.perf_counter()
     opts = options or EvaluateOptions()
+    if json_path is not None:
+        json_path = local_path(json_path, "--json")
+        output_not_input({"--json": json_path}, {"PRED": pred, "TRUTH": truth})
     p, t = _open_pair(pred, truth)
-    chosen = _choose_sections(sections, opts, p.shape[0])
-    _check_written(p, chosen)
-    _check_written(t, chosen)
-    foreground, fg_kind = _settings(p, t, opts)
+    place = _place(p, t)
+    chosen = _choose_sections(sections, opts, place, t)
+    _check_written(p, chosen, place.pred_at[0])
+    _check_written(t, chosen, place.truth_at[0])
+    foreground, fg_kind, fg_source = _settings(p, t, opts)
     kind = "instance" if p.kind == "label" else "binary"
+    if kind == "binary" or recorded_kind(t) != "label":  # the truth's foreground values are used
+        _check_foreground(t, place, chosen, foreground, fg_source)
     run = _instance if kind == "instance" else _binary
-    overall, rows, extra = run(p, t, chosen, opts, foreground, fg_kind)
+    overall, rows, extra = run(p, t, place, chosen, opts, foreground, fg_kind)
     report = {
         "kind": kind,
         "pred": str(p.path),
         "truth": str(t.path),
+        "region": {ax: list(r) for ax, r in zip("zyx", place.region, strict=True)},
+        "offsets": {"pred": list(place.pred_at), "truth": list(place.truth_at)},
+        "truth_shape": list(t.shape),
         "sections_scored": list(chosen),
         "foreground": list(foreground),
         "foreground_kind": fg_kind,
@@ -385,13 +610,13 @@ def evaluate(
     return report
 
 
-def _check_written(vol: Volume, sections: Sequence[int]) -> None:
-    """Refuse sections that an unfinished run has not written yet."""
+def _check_written(vol: Volume, sections: Sequence[int], z0: int = 0) -> None:
+    """Refuse sections (in the common frame; ``vol`` starts at section ``z0``) not written yet."""
     if vol.meta.get("status") != "incomplete":
         return
     done = vol.done_blocks()
     bz, (_, ny, nx) = vol.block_shape[0], vol.block_grid
-    missing = [z for z in sections if sum(1 for d in done if d[0] == z // bz) < ny * nx]
+    missing = [z for z in sections if sum(1 for d in done if d[0] == (z - z0) // bz) < ny * nx]
     if missing:
         raise InputError(
             f"{vol.path}: is incomplete and section {missing[0]} ({len(missing)} of {len(sections)} chosen) "
@@ -399,7 +624,12 @@ def _check_written(vol: Volume, sections: Sequence[int]) -> None:
         )
 
 
-def _choose_sections(sections: str | Sequence[int] | None, opts: EvaluateOptions, n: int) -> tuple[int, ...]:
+def _choose_sections(
+    sections: str | Sequence[int] | None, opts: EvaluateOptions, place: _Placement, truth: Volume
+) -> tuple[int, ...]:
+    """The sections to score, numbered in the truth's frame; all of the overlap by default."""
+    lo, hi = place.region[0]
+    n = place.truth_at[0] + truth.shape[0]
     if isinstance(sections, str):
         chosen = parse_sections(sections, n)
     elif sections is not None:
@@ -407,8 +637,15 @@ def _choose_sections(sections: str | Sequence[int] | None, opts: EvaluateOptions
     elif opts.sections is not None:
         chosen = parse_sections(",".join(str(int(z)) for z in opts.sections), n)
     else:
-        chosen = tuple(range(n))
-    return tuple(sorted(chosen or ()))
+        chosen = tuple(range(lo, hi))
+    chosen = tuple(sorted(chosen or ()))
+    outside = [z for z in chosen if not lo <= z < hi]
+    if outside:
+        raise OptionError(
+            f"--sections: section {outside[0]} lies outside the sections {lo}:{hi} where the prediction "
+            f"overlaps the truth (sections are numbered in the truth); choose sections within {lo}:{hi}"
+        )
+    return chosen
 
 
 def _json_ready(obj: Any) -> Any:
@@ -497,5 +734,11 @@ def _footer(report: dict[str, Any]) -> str:
         )
     if report["kind"] == "instance":
         parts.append(f"{report['instance_mode']} ids; truth: {report['truth_cells']}")
+    region, at = report.get("region"), report.get("offsets", {}).get("truth")
+    whole = at is not None and [[a, a + n] for a, n in zip(at, report["truth_shape"], strict=True)]
+    if region and [region[ax] for ax in "zyx"] != whole:
+        span = _span([region[ax] for ax in "zyx"])
+        starts = ", ".join(f"{ax} {v}" for ax, v in zip("zyx", report["offsets"]["pred"], strict=True))
+        parts.append(f"scored the overlap {span} of the truth (the prediction starts at {starts})")
     parts.append(f"{report['seconds']} s")
     return "; ".join(parts)

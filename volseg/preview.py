@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from volseg.checks import local_path, output_not_input
 from volseg.errors import InputError, OptionError, OutputError
 from volseg.sections import parse_sections
 from volseg.volume import Volume, open_volume
@@ -177,7 +178,16 @@ def _probability(vol: Volume, section: np.ndarray) -> np.ndarray:
 
 def _read_section(vol: Volume, level: int, z: int) -> np.ndarray:
     arr = vol.level(level)
-    return np.asarray(arr[z])
+    try:
+        return np.asarray(arr[z])
+    except InputError:
+        raise
+    except (ValueError, TypeError, OSError) as exc:  # a chunk that does not decode as its metadata says
+        raise InputError(
+            f"{vol.path}: cannot read section {z} of level {level} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); the volume is damaged or its metadata does not match "
+            "its data: write it again"
+        ) from exc
 
 
 def _resize(img: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
@@ -224,10 +234,17 @@ def _grey(layer: _Layer, z: int, size: tuple[int, int]) -> np.ndarray:
 
 
 def _render(
-    layer: _Layer, z: int, size: tuple[int, int], raw: np.ndarray | None, opts: PreviewOptions
+    layer: _Layer,
+    z: int,
+    size: tuple[int, int],
+    raw: np.ndarray | None,
+    opts: PreviewOptions,
+    crop: tuple[slice, slice] | None = None,
 ) -> np.ndarray:
-    """One panel ``(H, W, 3)`` for ``layer`` at section ``z``."""
+    """One panel ``(H, W, 3)`` for ``layer`` at section ``z`` (of its ``crop`` (y, x) only, if given)."""
     section = _read_section(layer.vol, layer.level, z)
+    if crop is not None:
+        section = section[crop]
     if layer.kind == "probability":
         return heat(_probability(layer.vol, _resize(section, size, nearest=False)))
     if layer.kind == "label":
@@ -283,12 +300,57 @@ def _open(path: str | os.PathLike, what: str) -> Volume:
     return vol
 
 
-def _check_overlay(base: Volume, over: Volume) -> None:
-    if base.shape != over.shape:
+@dataclass(frozen=True)
+class _Place:
+    """Where the overlay lies on the base volume: its start and the overlap, in the base's voxels."""
+
+    start: tuple[int, ...]  # the overlay's first voxel, in the base's frame
+    region: tuple[tuple[int, int], ...]  # [start, stop) per axis, in the base's frame
+    whole: bool  # the overlay covers the base exactly
+
+    def overlay_crop(self, over: Volume, level: int) -> tuple[slice, slice]:
+        """The overlap's (y, x) in the overlay's own pixels at pyramid ``level``."""
+        shape = over.level(level).shape
+        crop = []
+        for ax in (1, 2):
+            f = shape[ax] / over.shape[ax]
+            lo, hi = (v - self.start[ax] for v in self.region[ax])
+            a = int(np.floor(lo * f))
+            crop.append(slice(a, max(a + 1, int(np.ceil(hi * f)))))
+        return crop[0], crop[1]
+
+    def box(self, base: Volume, size: tuple[int, int]) -> tuple[slice, slice]:
+        """The overlap's (y, x) in the pixels of a base panel of ``size``."""
+        box = []
+        for ax, n in ((1, size[0]), (2, size[1])):
+            lo, hi = (round(v * n / base.shape[ax]) for v in self.region[ax])
+            lo = min(lo, n - 1)
+            box.append(slice(lo, max(lo + 1, min(hi, n))))
+        return box[0], box[1]
+
+
+def _place_overlay(base: Volume, over: Volume) -> _Place:
+    """Place the overlay on the base by their OME translations (voxel sizes must then agree)."""
+    from volseg.evaluate import overlap_region, voxel_offset
+
+    base_at, over_at = voxel_offset(base), voxel_offset(over)
+    start = tuple(o - b for o, b in zip(over_at, base_at, strict=True))
+    whole = not any(start) and base.shape == over.shape
+    if not whole and not np.allclose(base.voxel_size, over.voxel_size, rtol=1e-6):
         raise InputError(
-            f"{over.path}: overlay shape {over.shape} differs from {base.path} shape {base.shape}; "
-            "overlay a volume made from the same image"
+            f"{over.path}: overlay voxel size {list(over.voxel_size)} differs from {base.path} voxel "
+            f"size {list(base.voxel_size)}, so it cannot be placed on it; overlay a volume made from the "
+            "same image"
         )
+    region = overlap_region((0, 0, 0), base.shape, start, over.shape)
+    if region is None:
+        theirs = ", ".join(f"{ax} {a}:{a + n}" for ax, a, n in zip("zyx", start, over.shape, strict=True))
+        raise InputError(
+            f"{over.path}: the overlay does not overlap {base.path}: it lies at {theirs} of its "
+            f"{'x'.join(map(str, base.shape))} voxels (from their OME translations); overlay a volume "
+            "made from (part of) the same image"
+        )
+    return _Place(start, region, whole)
 
 
 def _save(canvas: Any, out: Path) -> None:
@@ -318,7 +380,10 @@ def preview(
     out
         The PNG to write (replaced if it exists).
     overlay
-        A probability, mask or label volume of the same shape, drawn in a second row.
+        A probability, mask or label volume, drawn in a second row where it lies over
+        ``volume``: placed by the OME translations of both (``volseg predict --roi``
+        records one), so an ROI's overlay covers only its part of each panel. Sections
+        are the base volume's; by default, up to 4 of those the overlay covers.
     options
         :class:`PreviewOptions` (sections, pyramid level, panel size, style).
     curves
@@ -329,11 +394,13 @@ def preview(
     -------
     dict
         ``path``, ``width``, ``height``, ``sections``, ``level`` (pyramid level read for
-        ``volume``), ``overlay_level``.
+        ``volume``), ``overlay_level``, ``overlay_region`` (where the overlay lies, ``[start,
+        stop)`` per axis in ``volume``'s voxels; ``None`` without an overlay).
     """
-    out_path = Path(os.fspath(out))
+    out_path = local_path(out, "-o")
     if out_path.suffix.lower() != ".png":
         raise OptionError(f"-o {out_path}: the preview is a PNG; give a file name ending in .png")
+    output_not_input({"-o": out_path}, {"VOLUME": volume, "--overlay": overlay, "--curves": curves})
     if curves is not None:
         return _curves(Path(os.fspath(curves)), out_path)
     if volume is None:
@@ -341,16 +408,12 @@ def preview(
     opts = options or PreviewOptions()
     base = _open(volume, "the")
     over = _open(overlay, "the overlay") if overlay is not None else None
-    if over is not None:
-        _check_overlay(base, over)
-    sections = opts.sections if opts.sections is not None else default_sections(base.shape[0])
-    bad = [z for z in sections if not 0 <= z < base.shape[0]]
-    if bad:
-        raise OptionError(f"--sections: section {bad[0]} is outside 0..{base.shape[0] - 1} of {base.path}")
+    place = _place_overlay(base, over) if over is not None else None
+    sections = _sections(base, place, opts)
     first = _layer(base, opts, "image")
     second = _layer(over, opts, "overlay") if over is not None else None
     size = _panel_size(base.shape, opts.panel)
-    panels = [_section_panels(first, second, z, size, opts) for z in sections]
+    panels = [_section_panels(first, second, place, z, size, opts) for z in sections]
     canvas = _compose(panels, opts.columns)
     _save(canvas, out_path)
     return {
@@ -360,29 +423,79 @@ def preview(
         "sections": list(sections),
         "level": first.level,
         "overlay_level": second.level if second else None,
+        "overlay_region": {ax: list(r) for ax, r in zip("zyx", place.region, strict=True)} if place else None,
     }
+
+
+def _sections(base: Volume, place: _Place | None, opts: PreviewOptions) -> tuple[int, ...]:
+    """The sections to draw (the base's numbering); by default up to 4 of those the overlay covers."""
+    lo, hi = place.region[0] if place is not None else (0, base.shape[0])
+    if opts.sections is None:
+        return tuple(lo + z for z in default_sections(hi - lo))
+    bad = [z for z in opts.sections if not 0 <= z < base.shape[0]]
+    if bad:
+        raise OptionError(f"--sections: section {bad[0]} is outside 0..{base.shape[0] - 1} of {base.path}")
+    outside = [z for z in opts.sections if not lo <= z < hi]
+    if outside:
+        raise OptionError(
+            f"--sections: section {outside[0]} lies outside the sections {lo}:{hi} of {base.path} that the "
+            f"overlay covers; choose sections within {lo}:{hi}"
+        )
+    return tuple(opts.sections)
 
 
 _NAMES = {"image": "image", "probability": "probability", "label": "cells", "mask": "mask"}
 
 
 def _section_panels(
-    first: _Layer, second: _Layer | None, z: int, size: tuple[int, int], opts: PreviewOptions
+    first: _Layer,
+    second: _Layer | None,
+    place: _Place | None,
+    z: int,
+    size: tuple[int, int],
+    opts: PreviewOptions,
 ) -> list[tuple[str, np.ndarray]]:
     column = [(f"z {z}  {_NAMES.get(first.kind, first.kind)}", _render(first, z, size, None, opts))]
-    if second is not None:
+    if second is not None and place is not None:
         raw = _grey(first, z, size) if first.kind == "image" else None
-        column.append((f"z {z}  {_NAMES.get(second.kind, second.kind)}", _render(second, z, size, raw, opts)))
+        title = f"z {z}  {_NAMES.get(second.kind, second.kind)}"
+        column.append((title, _overlay_panel(first, second, place, z, size, raw, opts)))
     return column
+
+
+def _overlay_panel(
+    first: _Layer,
+    second: _Layer,
+    place: _Place,
+    z: int,
+    size: tuple[int, int],
+    raw: np.ndarray | None,
+    opts: PreviewOptions,
+) -> np.ndarray:
+    """The overlay drawn where it lies over base section ``z``: the raw data (or background) around it."""
+    if place.whole:
+        return _render(second, z, size, raw, opts)
+    by, bx = place.box(first.vol, size)
+    inner = (by.stop - by.start, bx.stop - bx.start)
+    sub_raw = raw[by, bx] if raw is not None else None
+    crop = place.overlay_crop(second.vol, second.level)
+    drawn = _render(second, z - place.start[0], inner, sub_raw, opts, crop)
+    if raw is not None:
+        panel = np.repeat(raw[..., None], 3, axis=2)
+    else:
+        panel = np.broadcast_to(np.array(BACKGROUND, np.uint8), (*size, 3)).copy()
+    panel[by, bx] = drawn
+    return panel
 
 
 # ---------------------------------------------------------------------- curves
 def _curves(log: Path, out: Path) -> dict[str, Any]:
-    """Training curves from a JSON-lines training log, drawn by :mod:`volseg.curves`."""
-    if not log.is_file():
-        raise InputError(
-            f"{log}: no such training log; pass the train log (JSON lines) written by 'volseg train'"
-        )
+    """Training curves from a train log (``MODEL.log.jsonl``), drawn by :mod:`volseg.curves`.
+
+    The log is checked before anything is written (:func:`volseg.curves.read_log`): a missing
+    path, a folder, a binary file or one without a step record ends in one :class:`InputError`
+    line and leaves no PNG behind.
+    """
     from volseg.curves import plot_curves
 
     return {"path": str(plot_curves(log, out))}

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import scipy.ndimage as ndi
 
+from volseg.checks import output_not_input, recorded_kind, require_complete, require_kind
 from volseg.errors import IncompleteRunError, InputError, OptionError, OutputError
 from volseg.volume import Volume, block_slices, create_volume, open_volume, provenance
 
@@ -61,6 +62,7 @@ MODES = ("2d", "3d")
 METHODS = ("watershed", "cc")
 SEEDS = ("distance", "hminima")
 SCHEDULERS = ("threads", "processes", "synchronous")
+INPUT_KINDS = ("probability", "mask")
 _WORK = ".volseg/segment"  # scratch of an unfinished run, inside the output volume
 
 
@@ -366,22 +368,26 @@ def value_scale(vol: Volume) -> tuple[float, float]:
     return 1.0, 0.0
 
 
-def boundary_from_volume(vol: Volume, invert: bool | None = None) -> Callable[[np.ndarray], np.ndarray]:
+def boundary_from_volume(
+    vol: Volume, invert: bool | None = None, kind: str | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
     """A function that turns raw blocks of ``vol`` into membrane probabilities 0..1 (float32).
 
     ``invert``: ``True`` when the values are cell (interior) probabilities, ``False`` when
     they are membrane probabilities, ``None`` to read it from the metadata
-    (:func:`recorded_convention`; membrane when nothing is recorded). A ``mask`` volume
+    (:func:`recorded_convention`; membrane when nothing is recorded). ``kind``: what the
+    values are (``probability`` or ``mask``), default the recorded kind. A ``mask`` volume
     (or bool) is on wherever it is non-zero.
     """
-    if vol.kind == "label":
+    kind = kind or vol.kind
+    if kind == "label":
         raise InputError(f"{vol.path}: is a label volume; segment needs probabilities or a binary mask")
     dtype = vol.dtype
     if not (dtype == np.bool_ or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise InputError(
             f"{vol.path}: dtype {dtype} is not a probability or mask; expected uint8, float or bool"
         )
-    binary = dtype == np.bool_ or vol.kind == "mask"
+    binary = dtype == np.bool_ or kind == "mask"
     scale, offset = value_scale(vol)
     if invert is None:
         invert = recorded_convention(vol)["foreground_kind"] == "object"
@@ -396,13 +402,55 @@ def boundary_from_volume(vol: Volume, invert: bool | None = None) -> Callable[[n
     return convert
 
 
-# --------------------------------------------------------------- output and resume
-def _check_input_complete(vol: Volume) -> None:
-    if vol.meta.get("status") == "incomplete":
+_KIND_FIX = (
+    "pass the output of 'volseg predict' (membrane probabilities) or a mask, or say what it holds "
+    "with --input-kind probability|mask"
+)
+
+
+def _input_kind(vol: Volume, given: str | None = None) -> str:
+    """What segment takes ``vol`` for: ``given`` (``--input-kind``), else its recorded kind.
+
+    A recorded probability or mask volume is accepted (a bool volume of unrecorded or image
+    kind is a mask); anything else (raw EM images, labels, volumes of unrecorded kind) is
+    refused with one line, unless ``given`` says what it holds.
+    """
+    if given is not None:
+        return given
+    recorded = recorded_kind(vol)
+    if vol.dtype == np.bool_ and recorded in (None, "image"):
+        return "mask"
+    kind = require_kind(vol, INPUT_KINDS, "segment's PROB", _KIND_FIX)
+    return str(kind)
+
+
+def _placement(src: Volume) -> dict[str, Any]:
+    """The OME transforms that place ``src`` (its scale and any translation), for its labels to carry."""
+    import copy
+
+    try:
+        multiscale = src.group.attrs["ome"]["multiscales"][0]
+        found = {"dataset": copy.deepcopy(list(multiscale["datasets"][0]["coordinateTransformations"]))}
+        if not all(isinstance(t, dict) and isinstance(t.get("type"), str) for t in found["dataset"]):
+            raise TypeError
+    except (KeyError, IndexError, TypeError, AttributeError):
         raise InputError(
-            f"{vol.path}: is incomplete (an unfinished run wrote it); finish it first, "
-            "e.g. rerun its command with --resume"
-        )
+            f"{src.path}: its OME metadata has no readable coordinateTransformations of dataset 0; fix "
+            "its zarr.json or write it again"
+        ) from None
+    if isinstance(multiscale.get("coordinateTransformations"), list):
+        found["multiscale"] = copy.deepcopy(multiscale["coordinateTransformations"])
+    return found
+
+
+def _carry_placement(out: Volume, placement: dict[str, Any]) -> None:
+    """Give ``out`` the transforms of :func:`_placement`: it lies where its input does."""
+    ome = dict(out.group.attrs["ome"])
+    multiscale = ome["multiscales"][0]
+    multiscale["datasets"][0]["coordinateTransformations"] = placement["dataset"]
+    if "multiscale" in placement:
+        multiscale["coordinateTransformations"] = placement["multiscale"]
+    out.group.attrs.update({"ome": ome})
 
 
 def _open_or_create(
@@ -413,6 +461,7 @@ def _open_or_create(
     overwrite: bool,
     resume: bool,
     codec: str | None,
+    given_kind: str | None = None,
 ) -> Volume:
     """The output: created anew, or reopened to resume when it was made from the same input and options."""
     chunks = tuple(int(c) for c in (chunks or prob.block_shape))
@@ -423,6 +472,7 @@ def _open_or_create(
         "chunks": list(chunks),
         "codec": codec,
         "options": opts.record(),
+        "input_kind": given_kind,
     }
     if resume and (out.exists() or out.is_symlink()):
         again = "pass --overwrite to start again"
@@ -440,7 +490,8 @@ def _open_or_create(
                     f"{value!r}; rerun with the first run's options, or {again}"
                 )
         return existing
-    return create_volume(
+    placement = _placement(prob)  # before anything is created
+    vol = create_volume(
         out,
         prob.shape,
         label_dtype(int(np.prod(prob.shape))),
@@ -453,6 +504,8 @@ def _open_or_create(
         provenance_block=provenance([prob.path], config={"stage": "segment", **record}),
         extra={"segment": record},
     )
+    _carry_placement(vol, placement)
+    return vol
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -711,6 +764,7 @@ def segment(
     out: str | os.PathLike,
     *,
     options: SegmentOptions | None = None,
+    input_kind: str | None = None,
     chunks: Sequence[int] | None = None,
     overwrite: bool = False,
     resume: bool = False,
@@ -724,12 +778,20 @@ def segment(
     Parameters
     ----------
     prob
-        Input volume ``(Z, Y, X)``: uint8 probabilities 0..255 (or with ``scale`` in
-        their metadata), float probabilities 0..1, or a binary mask.
+        Input volume ``(Z, Y, X)`` recorded as a probability or mask volume (what
+        ``volseg predict`` writes): uint8 probabilities 0..255 (or with ``scale`` in
+        their metadata), float probabilities 0..1, or a binary mask. Raw EM images,
+        labels and volumes of unrecorded kind are refused, unless ``input_kind`` says
+        what they hold.
     out
-        Output label volume (OME-Zarr with ``image-label`` metadata).
+        Output label volume (OME-Zarr with ``image-label`` metadata), placed where the
+        input lies (the input's OME scale and translation). Never the input, inside it
+        or holding it.
     options
         :class:`SegmentOptions`; defaults suit ISBI-like ssTEM at 4 nm/pixel.
+    input_kind
+        ``"probability"`` or ``"mask"``: what the input holds, whatever its recorded kind
+        (e.g. probabilities from another tool converted to Zarr).
     chunks
         Output chunks ``(z, y, x)``; default: the input's blocks.
     overwrite
@@ -754,13 +816,14 @@ def segment(
     opts = options or SegmentOptions()
     say = progress or (lambda _msg: None)
     _check_run_options(chunks, overwrite, resume, scheduler, workers)
+    if input_kind is not None and input_kind not in INPUT_KINDS:
+        raise OptionError(f"--input-kind {input_kind!r}: use one of {', '.join(INPUT_KINDS)}")
+    output_not_input({"OUT": out}, {"PROB": prob})  # before anything is created or deleted
     src = open_volume(prob)
-    convert = boundary_from_volume(src, opts.invert)
+    convert = boundary_from_volume(src, opts.invert, _input_kind(src, input_kind))
     out_path = Path(os.fspath(out))
-    if out_path.resolve() == src.path.resolve():
-        raise OutputError(f"{out_path}: the output must differ from the input")
-    _check_input_complete(src)
-    vol = _open_or_create(src, out_path, opts, chunks, overwrite, resume, codec)
+    require_complete(src, "input")
+    vol = _open_or_create(src, out_path, opts, chunks, overwrite, resume, codec, input_kind)
     resumed = len(vol.done_blocks())
     if vol.complete:
         say("already complete")
