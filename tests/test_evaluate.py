@@ -496,7 +496,7 @@ def test_voxel_offset_reads_the_translation(tmp_path):
             [{"type": "scale", "scale": [50, 4, 4]}, {"type": "translation", "translation": [1, 2]}],
             "translation",
         ),
-        ("nonsense", "coordinateTransformations"),
+        ("nonsense", "multiscales metadata is damaged"),
     ):
         ome["multiscales"][0]["datasets"][0]["coordinateTransformations"] = bad
         vol.group.attrs.update({"ome": ome})

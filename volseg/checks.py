@@ -45,6 +45,7 @@ __all__ = [
     "require_kind",
 ]
 
+_NAME_MAX, _PATH_MAX = 255, 4096  # the limits of Linux (and most) file systems
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 # What pathlib leaves of a URL: Path("s3://b/x") is "s3:/b/x" (a first part "s3:").
 _MANGLED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:$")
@@ -78,8 +79,20 @@ def local_path(value: str | os.PathLike, what: str = "path") -> Path:
             f"{text}: {what} is a URL; object storage (s3://, gs://, http://) is not supported yet, "
             "copy the data to a local or mounted disk and pass its path"
         )
+    if not text.strip():
+        raise InputError(f"{what}: the path is empty; pass a file or folder path")
     if "\x00" in text:
         raise InputError(f"{text!r}: {what} holds a NUL character; pass a plain file path")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"{ascii(text)}: {what} holds bytes that are not UTF-8; rename it with UTF-8 characters"
+        ) from None
+    too_long = next((p for p in Path(text).parts if len(os.fsencode(p)) > _NAME_MAX), None)
+    if too_long is not None or len(os.fsencode(text)) > _PATH_MAX:
+        part = "a name in it is longer than 255 bytes" if too_long else "it is longer than 4096 bytes"
+        raise InputError(f"{text[:60]}...: {what} is too long ({part}); choose a shorter path")
     return Path(text)
 
 

@@ -407,12 +407,21 @@ class TiffStack(Stack):
             self._log.check(path)
             self._check_extent()
             self.calibration = tiff_calibration(self._tf)
+            series_dtype = self._tf.series[0].dtype
+            self.dtype = np.dtype(series_dtype).newbyteorder("=")
+            self._file_dtype = np.dtype(series_dtype).newbyteorder(self._tf.byteorder)
+        except VolsegError:
+            self.close()
+            raise
+        except Exception as exc:  # tifffile meets damaged tags with many exception types
+            self.close()
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
+            raise InputError(
+                f"{path}: damaged or unsupported TIFF (tifffile: {reason}); re-copy or re-export the file"
+            ) from None
         except BaseException:
             self.close()
             raise
-        series_dtype = self._tf.series[0].dtype
-        self.dtype = np.dtype(series_dtype).newbyteorder("=")
-        self._file_dtype = np.dtype(series_dtype).newbyteorder(self._tf.byteorder)
         self.shape = (len(self._layout.page_of_z), *self._layout.yx)
         self.files = [path]
         self.reads_rows = self._layout.contiguous is not None
@@ -769,6 +778,11 @@ def convert(
     _check_kind(kind)
     with open_stack(src, channel=opts.channel, order=opts.order) as stack:
         _refuse_source_as_output(out, stack, opts.order)
+        if np.dtype(stack.dtype).kind not in "biuf":
+            raise InputError(
+                f"{stack.files[0]}: holds {stack.dtype} values; volseg converts integer, float or boolean "
+                "images: export the stack as one of those"
+            )
         _check_kind(kind, stack.dtype)
         config = _config(src, stack, opts)
         config["kind"] = kind

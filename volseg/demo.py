@@ -118,8 +118,18 @@ def _check_options(opts: DemoOptions) -> None:
             f"--shape {','.join(map(str, opts.shape))}: needs more than {opts.val_sections} sections "
             "(the last ones are held out for validation)"
         )
-    if not opts.minutes > 0:
-        raise OptionError(f"--minutes {opts.minutes}: must be positive")
+    if not 0 < opts.minutes <= 7 * 24 * 60:
+        raise OptionError(f"--minutes {opts.minutes}: use a positive number of minutes (up to a week)")
+    if opts.steps is not None and not 1 <= opts.steps <= 10**9:
+        raise OptionError(f"--steps {opts.steps}: use 1 or more training steps")
+    if not 0 <= opts.seed < 2**32:
+        raise OptionError(f"--seed {opts.seed}: use 0 to 2**32 - 1")
+    if opts.data is None and (max(opts.shape) > 65536 or min(opts.shape[1:]) < opts.patch_size):
+        raise OptionError(
+            f"--shape {','.join(map(str, opts.shape))}: sections must be {opts.patch_size} to 65536 px on "
+            f"each side (the training patch is {opts.patch_size} px), e.g. 12,512,512"
+        )
+    _train_config(Path("demo-out"), opts, "0:1")  # the training options, checked before anything runs
     if opts.data is not None:
         for p in opts.data:
             if not Path(p).is_file():
@@ -237,9 +247,21 @@ def _zsize(out: Path) -> int:
 
 
 def _train(out: Path, opts: DemoOptions, val: str, stages: _Stages, result: DemoResult) -> None:
-    from volseg.train import TrainConfig, train
+    from volseg.train import train
 
-    cfg = TrainConfig(
+    cfg = _train_config(out, opts, val)
+    res = stages.run("train", lambda: train(cfg))
+    result.train = {"steps": res.steps, "seconds": round(res.seconds, 1), "best": _plain(res.metrics)}
+    result.outputs.update(
+        model=str(res.model), train_log=str(out / "model.log.jsonl"), curves=str(out / "model.curves.png")
+    )
+
+
+def _train_config(out: Path, opts: DemoOptions, val: str) -> Any:
+    """The training run of the demo (its options are checked when it is made)."""
+    from volseg.train import TrainConfig
+
+    return TrainConfig(
         image=str(out / "image.zarr"),
         labels=str(out / "labels.zarr"),
         output=str(out / "model.pt"),
@@ -255,11 +277,6 @@ def _train(out: Path, opts: DemoOptions, val: str, stages: _Stages, result: Demo
         warmup_steps=min(50, (opts.steps or 10**9) // 5 + 1),
         val_every=max(25, (opts.steps or 200) // 4),
         progress=False,
-    )
-    res = stages.run("train", lambda: train(cfg))
-    result.train = {"steps": res.steps, "seconds": round(res.seconds, 1), "best": _plain(res.metrics)}
-    result.outputs.update(
-        model=str(res.model), train_log=str(out / "model.log.jsonl"), curves=str(out / "model.curves.png")
     )
 
 

@@ -127,11 +127,17 @@ class UNetConfig:
         for name in ints:
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), name, "must be an integer")
-        need(self.context >= 0, "context", "use 0 (2-D) or more sections on each side")
-        need(self.out_channels >= 1, "out_channels", "use 1 (binary) or the number of classes")
-        need(self.base_channels >= 1, "base_channels", "use a positive number such as 16")
+        need(0 <= self.context <= 32, "context", "use 0 (2-D) to 32 sections on each side")
+        need(1 <= self.out_channels <= 1024, "out_channels", "use 1 (binary) or the number of classes")
+        need(1 <= self.base_channels <= 1024, "base_channels", "use 1..1024 (16 is usual)")
         need(1 <= self.depth <= 8, "depth", "use 1..8 (4 is usual)")
-        need(self.convs_per_level >= 1, "convs_per_level", "use 1 or more (2 is usual)")
+        need(
+            self.base_channels * 2**self.depth <= 2**16,
+            "base_channels",
+            f"with depth {self.depth} the bottleneck would hold {self.base_channels * 2**self.depth} feature "
+            "maps; use at most 65536 (base 16, depth 4 is usual)",
+        )
+        need(1 <= self.convs_per_level <= 8, "convs_per_level", "use 1..8 (2 is usual)")
         need(self.norm in NORMS, "norm", f"use one of {', '.join(NORMS)}")
         need(self.upsample in UPSAMPLES, "upsample", f"use one of {', '.join(UPSAMPLES)}")
         need(

@@ -192,8 +192,18 @@ class PredictOptions:
         need(
             self.batch_size is None or self.batch_size >= 1, f"--batch-size {self.batch_size}: use 1 or more"
         )
-        need(self.retries >= 0, f"--retries {self.retries}: use 0 or more")
-        need(self.workers is None or self.workers >= 1, f"--workers {self.workers}: use 1 or more")
+        need(0 <= self.retries <= 100, f"--retries {self.retries}: use 0 to 100")
+        need(self.workers is None or 1 <= self.workers <= 1024, f"--workers {self.workers}: use 1 to 1024")
+        need(
+            self.tile is None or self.tile <= 16384,
+            f"--tile {self.tile}: use at most 16384 px (1024 is usual)",
+        )
+        need(self.halo is None or self.halo <= 4096, f"--halo {self.halo}: use at most 4096 px")
+        need(self.edge is None or self.edge <= 4096, f"--edge {self.edge}: use at most 4096 px")
+        need(
+            self.batch_size is None or self.batch_size <= 1024,
+            f"--batch-size {self.batch_size}: use 1 to 1024",
+        )
         need(
             self.memory_limit is None or self.memory_limit > 0,
             f"--memory-limit {self.memory_limit}: use e.g. 4GiB",
@@ -206,7 +216,7 @@ class PredictOptions:
             )
         sched = self.scheduler
         need(
-            sched is None or sched in SCHEDULERS or "://" in sched,
+            sched is None or sched in SCHEDULERS or _address(sched),
             f"--scheduler {sched!r}: use threads, processes, synchronous or a dask scheduler address tcp://HOST:PORT",
         )
         need(
@@ -218,6 +228,14 @@ class PredictOptions:
             not (self.workers and sched == "synchronous"),
             "--workers does not apply to --scheduler synchronous",
         )
+
+
+def _address(text: str) -> bool:
+    """A dask scheduler address: ``tcp://HOST:PORT`` (also ``tls://``, ``ucx://``, ``[::1]`` hosts)."""
+    import re
+
+    match = re.fullmatch(r"[a-z][a-z0-9+]*://(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):(\d{1,5})", text)
+    return bool(match) and 0 < int(match.group(2)) < 65536
 
 
 # ============================================================================== plan
@@ -1148,7 +1166,7 @@ def _client(options: PredictOptions, memory_limit: int | None) -> Iterator[Any]:
     if options.scheduler and "://" in options.scheduler:
         try:
             client = Client(options.scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
             raise OptionError(
                 f"--scheduler {options.scheduler}: no dask scheduler answered within "
                 f"{CONNECT_TIMEOUT_S:.0f} s "

@@ -126,17 +126,17 @@ class SegmentOptions:
         _choice("seeds", self.seeds, SEEDS)
         if not 0.0 < self.threshold < 1.0:
             raise OptionError(f"--threshold {self.threshold}: must lie strictly between 0 and 1, e.g. 0.5")
-        if not self.sigma >= 0:
-            raise OptionError(f"--sigma {self.sigma}: must be >= 0 pixels (0 turns smoothing off)")
-        if self.min_distance < 1:
-            raise OptionError(f"--min-distance {self.min_distance}: must be >= 1 pixel")
-        if not self.distance_h > 0:
-            raise OptionError(f"--distance-h {self.distance_h}: must be > 0 pixels, e.g. 2")
+        if not 0 <= self.sigma <= 100:
+            raise OptionError(f"--sigma {self.sigma}: use 0 (no smoothing) to 100 pixels, e.g. 1")
+        if not 1 <= self.min_distance <= 10_000:
+            raise OptionError(f"--min-distance {self.min_distance}: use 1 to 10000 pixels, e.g. 8")
+        if not 0 < self.distance_h <= 10_000:
+            raise OptionError(f"--distance-h {self.distance_h}: must be > 0 pixels (up to 10000), e.g. 2")
         if not 0.0 < self.h < 1.0:
             raise OptionError(
                 f"--h {self.h}: must lie strictly between 0 and 1 (probability units), e.g. 0.1"
             )
-        if self.min_size < 0:
+        if not 0 <= self.min_size <= 2**62:
             raise OptionError(f"--min-size {self.min_size}: must be >= 0")
 
     def record(self) -> dict[str, Any]:
@@ -860,8 +860,8 @@ def _check_run_options(
         raise OptionError(
             f"--scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)} (or a distributed.Client)"
         )
-    if workers is not None and workers < 1:
-        raise OptionError(f"--workers {workers}: use 1 or more")
+    if workers is not None and not 1 <= workers <= 1024:
+        raise OptionError(f"--workers {workers}: use 1 to 1024")
 
 
 def _pass1(

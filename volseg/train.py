@@ -219,25 +219,26 @@ class TrainConfig:
         need(
             0.0 <= self.val_fraction < 1.0, "val_fraction", "use a fraction from 0 (no validation) to below 1"
         )
-        need(self.patch_size > 0, "patch_size", "use a positive size such as 256")
-        need(self.batch_size > 0, "batch_size", "use 1 or more")
-        need(self.steps is None or self.steps > 0, "steps", "use 1 or more")
-        need(self.lr > 0, "lr", "use a positive learning rate such as 0.001")
-        need(self.weight_decay >= 0, "weight_decay", "use 0 or more")
-        need(self.warmup_steps >= 0, "warmup_steps", "use 0 or more")
+        need(0 < self.patch_size <= 8192, "patch_size", "use a positive size up to 8192, such as 256")
+        need(0 < self.batch_size <= 4096, "batch_size", "use 1 to 4096")
+        need(self.steps is None or 0 < self.steps <= 10**9, "steps", "use 1 or more (up to 10**9)")
+        need(0 < self.lr <= 10, "lr", "use a positive learning rate up to 10, such as 0.001")
+        need(0 <= self.weight_decay <= 10, "weight_decay", "use 0 to 10 (0.0001 is usual)")
+        need(0 <= self.warmup_steps <= 10**9, "warmup_steps", "use 0 or more")
         need(self.loss in LOSSES, "loss", f"use one of {', '.join(LOSSES)}")
-        need(self.w0 >= 0 and self.sigma > 0, "w0" if self.w0 < 0 else "sigma", "use w0 >= 0 and sigma > 0")
+        need(0 <= self.w0 <= 1000, "w0", "use a border weight from 0 to 1000 (10 is usual)")
+        need(0 < self.sigma <= 1000, "sigma", "use a border width (px) above 0 up to 1000 (5 is usual)")
         need(
             bool(re.fullmatch(r"(auto|cpu|mps|cuda(:\d+)?)", self.device)),
             "device",
             "use auto, cpu, cuda, cuda:N or mps",
         )
         need(self.precision in ("auto", "bf16", "fp16", "fp32"), "precision", "use auto, bf16, fp16 or fp32")
-        need(self.workers >= -1, "workers", "use 0 or more (-1 chooses)")
-        need(self.val_every > 0, "val_every", "use 1 or more steps")
+        need(-1 <= self.workers <= 256, "workers", "use 0 to 256 (-1 chooses)")
+        need(0 < self.val_every <= 10**9, "val_every", "use 1 or more steps")
         need(0.0 <= self.min_foreground <= 1.0, "min_foreground", "use a fraction from 0 to 1")
-        need(self.max_attempts >= 1, "max_attempts", "use 1 or more")
-        need(self.cache_gb >= 0, "cache_gb", "use 0 (no cache) or more")
+        need(1 <= self.max_attempts <= 10**6, "max_attempts", "use 1 or more (up to 10**6)")
+        need(0 <= self.cache_gb <= 2**20, "cache_gb", "use 0 (no cache) or more GiB")
         if self.time_limit is not None:
             parse_duration(self.time_limit)
         self.augment_config()
@@ -399,6 +400,12 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"--config {path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"--config {path}: not a text file (byte {exc.start} is not UTF-8); a config is a TOML text file"
+        ) from None
+    except RecursionError:
+        raise InputError(f"--config {path}: nested too deeply to be a volseg config") from None
     if set(data) == {"train"} and isinstance(data["train"], dict):
         data = data["train"]
     known = {f.name for f in fields(TrainConfig)}

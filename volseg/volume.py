@@ -34,7 +34,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
-from volseg.errors import InputError, OptionError, OutputError
+from volseg.errors import InputError, OptionError, OutputError, VolsegError
 
 if TYPE_CHECKING:  # dask.array costs ~20 MB and 0.3 s to import: only when a dask view is asked for
     import dask.array as da
@@ -600,13 +600,14 @@ def create_volume(
     if kind not in KINDS:
         raise OptionError(f"kind {kind!r} is not one of {KINDS}")
     compressors = parse_codec(codec)
+    dtype = _zarr_dtype(dtype)
     _prepare_output(path, overwrite)
     try:
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         group.create_array(
             "0",
             shape=shape,
-            dtype=np.dtype(dtype),
+            dtype=dtype,
             chunks=chunks,
             shards=shards,
             compressors=compressors,
@@ -628,6 +629,19 @@ def create_volume(
     }
     group.attrs.update(attrs)
     return Volume(path, group)
+
+
+def _zarr_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as zarr v3 knows it: native byte order, canonical numpy type (``longlong`` -> ``int64``)."""
+    try:
+        dt = np.dtype(np.dtype(dtype).newbyteorder("=").str)
+    except TypeError:
+        raise OptionError(f"dtype {dtype!r} is not a numpy dtype") from None
+    if dt.kind not in "biuf":
+        raise InputError(
+            f"dtype {dt}: volseg volumes hold integers, floats or booleans; convert the data to one of those"
+        )
+    return dt
 
 
 def _prepare_output(path: Path, overwrite: bool) -> None:
@@ -683,24 +697,85 @@ def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
         )
     try:
         node = zarr.open(str(path), mode=mode, zarr_format=3)
-    except Exception as exc:  # zarr raises many types for corrupt metadata
+        if isinstance(node, zarr.Array):
+            raise InputError(
+                f"{path}: is a bare Zarr array, not an OME-Zarr volume; open its parent group instead"
+            )
+        if "0" not in node or "ome" not in node.attrs:
+            raise InputError(
+                f"{path}: is a Zarr group but not an OME-Zarr volume (no 'ome' metadata or array '0')"
+            )
+        vol = Volume(path, node)
+        if mode == "r" and _CheckedStore is not None and vol.meta.get(EVERY_CHUNK):
+            vol = Volume(path, zarr.open_group(_checked_store(path), mode="r", zarr_format=3))
+        _check_metadata(vol)
+    except VolsegError:
+        raise
+    except (Exception, RecursionError) as exc:  # zarr raises many types for corrupt metadata
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise InputError(
-            f"{path}: cannot open as Zarr v3 ({exc}); is it a volume written by volseg?"
-        ) from exc
-    if isinstance(node, zarr.Array):
-        raise InputError(
-            f"{path}: is a bare Zarr array, not an OME-Zarr volume; open its parent group instead"
-        )
-    if "0" not in node or "ome" not in node.attrs:
-        raise InputError(
-            f"{path}: is a Zarr group but not an OME-Zarr volume (no 'ome' metadata or array '0')"
-        )
-    vol = Volume(path, node)
-    if mode == "r" and _CheckedStore is not None and vol.meta.get(EVERY_CHUNK):
-        vol = Volume(path, zarr.open_group(_checked_store(path), mode="r", zarr_format=3))
-    if vol.array.ndim != 3:
-        raise InputError(f"{path}: array '0' has {vol.array.ndim} dimensions; volseg needs (z, y, x)")
+            f"{path}: cannot open as an OME-Zarr volume, its metadata is damaged ({reason}); "
+            "write it again with the command that made it"
+        ) from None
     return vol
+
+
+def _check_metadata(vol: Volume) -> None:
+    """Refuse metadata the stages cannot use, so that no later accessor fails half-way.
+
+    Array ``0`` is opened and must be 3-D with positive chunks; the OME multiscale must list
+    level ``0`` with a ``scale`` of three positive numbers and three axes; the ``volseg``
+    block, when present, must be a JSON object. For a complete volume the first chunk is
+    read once, which catches a dtype, codec or chunk shape that does not match the stored
+    bytes (1 chunk: milliseconds).
+    """
+    path, array = vol.path, vol.array
+    if array.ndim != 3:
+        raise InputError(f"{path}: array '0' has {array.ndim} dimensions; volseg needs (z, y, x)")
+    if min(array.shape) < 1 or min(array.chunks) < 1:
+        raise InputError(
+            f"{path}: array '0' has shape {array.shape} and chunks {array.chunks}; both must be positive"
+        )
+    ms = vol.group.attrs["ome"].get("multiscales") if isinstance(vol.group.attrs["ome"], dict) else None
+    ok = isinstance(ms, list) and ms and isinstance(ms[0], dict)
+    datasets = ms[0].get("datasets") if ok else None
+    axes = ms[0].get("axes") if ok else None
+    ok = (
+        ok
+        and isinstance(datasets, list)
+        and datasets
+        and all(isinstance(d, dict) and "path" in d for d in datasets)
+    )
+    ok = ok and isinstance(axes, list) and len(axes) == 3 and all(isinstance(a, dict) for a in axes)
+    if ok:
+        transforms = datasets[0].get("coordinateTransformations")
+        scales = (
+            [t.get("scale") for t in transforms if isinstance(t, dict) and t.get("type") == "scale"]
+            if isinstance(transforms, list)
+            else []
+        )
+        ok = len(scales) == 1 and isinstance(scales[0], list) and len(scales[0]) == 3
+        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in scales[0])
+        ok = ok and datasets[0]["path"] == "0"
+    if not ok:
+        raise InputError(
+            f"{path}: its OME multiscales metadata is damaged (level 0 with a scale of 3 positive numbers "
+            "and 3 axes is needed); write it again with the command that made it"
+        )
+    if not isinstance(vol.group.attrs.get("volseg", {}), dict):
+        raise InputError(f"{path}: its 'volseg' metadata block is not an object; the volume is damaged")
+    if vol.complete:
+        first = tuple(slice(0, c) for c in array.chunks)
+        try:
+            np.asarray(array[first])
+        except VolsegError:
+            raise
+        except Exception as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
+            raise InputError(
+                f"{path}: cannot decode its first chunk ({reason}): its dtype, codecs or chunk shape do not "
+                "match the stored data; the volume is damaged, write it again"
+            ) from None
 
 
 def _stored_bytes(path: Path) -> int:
