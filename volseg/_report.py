@@ -54,17 +54,26 @@ def print_info(data: dict[str, Any]) -> None:
                 "is damaged; restore it or write it again",
             )
         )
-    prov = data.get("provenance") or {}
+    # Provenance is whatever the volume's writer stored: shown as text, never trusted to have a shape.
+    prov = data.get("provenance") if isinstance(data.get("provenance"), dict) else {}
     if prov.get("created"):
         rows.append(("created", prov["created"]))
-    if prov.get("command"):
-        rows.append(("command", " ".join(prov["command"])))
-    for src in (prov.get("sources") or [])[:5]:
-        rows.append(("source", f"{src['path']} ({human_bytes(src.get('size', 0))}, {src.get('mtime', '?')})"))
-    if len(prov.get("sources") or []) > 5:
-        rows.append(("", f"... and {len(prov['sources']) - 5} more sources"))
-    if prov.get("versions"):
-        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in prov["versions"].items())))
+    command = prov.get("command")
+    if command:
+        rows.append(("command", " ".join(map(str, command)) if isinstance(command, list) else str(command)))
+    sources = prov.get("sources") if isinstance(prov.get("sources"), list) else []
+    for src in sources[:5]:
+        if isinstance(src, dict):
+            size = src.get("size", 0)
+            size_text = human_bytes(size) if isinstance(size, (int, float)) else str(size)
+            rows.append(("source", f"{src.get('path', '?')} ({size_text}, {src.get('mtime', '?')})"))
+        else:
+            rows.append(("source", str(src)))
+    if len(sources) > 5:
+        rows.append(("", f"... and {len(sources) - 5} more sources"))
+    versions = prov.get("versions")
+    if isinstance(versions, dict) and versions:
+        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
     for k, v in rows:
         t.add_row(k, str(v))
     console.print(t)

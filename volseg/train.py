@@ -235,6 +235,7 @@ class TrainConfig:
         )
         need(self.precision in ("auto", "bf16", "fp16", "fp32"), "precision", "use auto, bf16, fp16 or fp32")
         need(-1 <= self.workers <= 256, "workers", "use 0 to 256 (-1 chooses)")
+        need(0 <= self.seed < 2**63, "seed", "use 0 to 2**63 - 1")
         need(0 < self.val_every <= 10**9, "val_every", "use 1 or more steps")
         need(0.0 <= self.min_foreground <= 1.0, "min_foreground", "use a fraction from 0 to 1")
         need(1 <= self.max_attempts <= 10**6, "max_attempts", "use 1 or more (up to 10**6)")
@@ -564,10 +565,18 @@ def prepare_data(config: TrainConfig, stats: IntensityStats | None = None) -> Tr
     return TrainData(image, labels, train_sections, val_sections, stats, summary)
 
 
+def _model_path(output: str | os.PathLike) -> Path:
+    """``-o``: a local file path with a name (not ``.``, ``..`` or a path ending in ``/``)."""
+    path = local_path(output, "-o")
+    if path.name in ("", ".", "..") or os.fspath(output).endswith(("/", os.sep)):
+        raise OutputError(f"-o {os.fspath(output)!r}: give a model file path such as model.pt")
+    return path
+
+
 def _check_output(config: TrainConfig) -> dict[str, Path]:
     if not config.output:
         raise OptionError("train: give the output model path with -o MODEL.pt")
-    paths = output_paths(local_path(config.output, "-o"))
+    paths = output_paths(_model_path(config.output))
     for name in ("image", "labels"):
         if getattr(config, name):
             local_path(getattr(config, name), name.upper())
@@ -1197,7 +1206,7 @@ def train(
     check_device(config.device)  # before any output exists
     if config.output:
         output_not_input(
-            {f"-o ({p.name})": p for p in output_paths(local_path(config.output, "-o")).values()},
+            {f"-o ({p.name})": p for p in output_paths(_model_path(config.output)).values()},
             {"input IMAGE": config.image, "input LABELS": config.labels, "--config file": config_file},
         )
     paths = _check_output(config)

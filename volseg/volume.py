@@ -17,11 +17,13 @@ is done the stage sets ``volseg.status = "complete"``; until then it is
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as _dt
 import functools
 import itertools
 import json
+import math
 import os
 import shutil
 import sys
@@ -57,6 +59,8 @@ DONE_DIR = ".volseg/done"
 CODECS = ("blosc-zstd", "blosc-lz4", "zstd", "gzip", "none")
 DEFAULT_CODEC = "blosc-zstd"
 KINDS = ("image", "label", "probability", "mask")
+#: Larger than any stack (a side of 2**40 voxels, 2**40 chunks): metadata that says so is damaged.
+_MAX_SIDE, _MAX_CHUNKS = 2**40, 2**40
 #: zstd's own range of compression levels (numcodecs / zarr refuse others).
 ZSTD_LEVELS = (-131072, 22)
 #: Recorded in every volume volseg creates: each chunk of each array is stored (write_empty_chunks),
@@ -482,7 +486,8 @@ class Volume:
         }
         # Sections fully written: every block of a z-band is done.
         per_band = int(np.prod(self.block_grid[1:]))
-        bands = sorted(b for b in range(self.block_grid[0]) if sum(1 for d in done if d[0] == b) == per_band)
+        per_z = collections.Counter(d[0] for d in done)  # one pass: O(done), not O(bands x done)
+        bands = sorted(b for b, n in per_z.items() if n == per_band and b < self.block_grid[0])
         bz = self.block_shape[0]
         info["sections_done"] = sum(min(bz, self.shape[0] - b * bz) for b in bands)
         info["sections_total"] = self.shape[0]
@@ -732,6 +737,11 @@ def _check_metadata(vol: Volume) -> None:
     path, array = vol.path, vol.array
     if array.ndim != 3:
         raise InputError(f"{path}: array '0' has {array.ndim} dimensions; volseg needs (z, y, x)")
+    if max(array.shape) > _MAX_SIDE or math.prod(_grid(array.shape, array.chunks)) > _MAX_CHUNKS:
+        raise InputError(
+            f"{path}: array '0' has shape {array.shape} in chunks {array.chunks}, more than any stack holds; "
+            "its metadata is damaged, write it again"
+        )
     if min(array.shape) < 1 or min(array.chunks) < 1:
         raise InputError(
             f"{path}: array '0' has shape {array.shape} and chunks {array.chunks}; both must be positive"
@@ -762,8 +772,21 @@ def _check_metadata(vol: Volume) -> None:
             f"{path}: its OME multiscales metadata is damaged (level 0 with a scale of 3 positive numbers "
             "and 3 axes is needed); write it again with the command that made it"
         )
-    if not isinstance(vol.group.attrs.get("volseg", {}), dict):
+    meta = vol.group.attrs.get("volseg", {})
+    if not isinstance(meta, dict):
         raise InputError(f"{path}: its 'volseg' metadata block is not an object; the volume is damaged")
+    if "kind" in meta and meta["kind"] not in KINDS:
+        raise InputError(
+            f"{path}: its recorded kind {meta['kind']!r} is not one of {', '.join(KINDS)}; "
+            "the metadata is damaged"
+        )
+    if vol.complete and meta.get(EVERY_CHUNK):
+        done = len(vol.done_blocks())
+        if done != vol.n_blocks:
+            raise InputError(
+                f"{path}: says complete, but its completion record holds {done} of {vol.n_blocks} blocks: "
+                "its metadata or record is damaged (shape or chunks changed?); write it again"
+            )
     if vol.complete:
         first = tuple(slice(0, c) for c in array.chunks)
         try:
