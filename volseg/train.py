@@ -790,9 +790,15 @@ def _worker_init(worker_id: int) -> None:
 
 
 def _auto_workers(config: TrainConfig, device: torch.device) -> int:
+    cores = os.cpu_count() or 2
+    if config.workers > 4 * cores:  # each worker holds a copy of the process (~0.4 GB): more costs memory
+        print(
+            f"volseg: warning: --workers {config.workers} is more than 4 per core; using {4 * cores}",
+            file=sys.stderr,
+        )
+        return 4 * cores
     if config.workers >= 0:
         return config.workers
-    cores = os.cpu_count() or 2
     if device.type == "cpu":
         # benchmarks/train.py, 2 cores: in-process loading waits ~4 % of the step, one or two
         # workers < 1 % at the same steps/s; two workers feed far more patches than a CPU trains on
