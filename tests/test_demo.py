@@ -66,7 +66,7 @@ def test_demo_never_empties_a_folder_holding_its_data(tmp_path):
     out.mkdir()
     (out / "image.zarr").mkdir()  # looks like an earlier demo, so --overwrite would empty it
     for name in ("img.tif", "lab.tif"):
-        tifffile.imwrite(out / name, np.zeros((4, 64, 64), np.uint8))
+        tifffile.imwrite(out / name, np.zeros((4, 64, 64), np.uint8), photometric="minisblack")
     data = f"{out / 'img.tif'},{out / 'lab.tif'}"
     result = runner.invoke(app, ["demo", "--out", str(out), "--data", data, "--quick", "--overwrite"])
     assert result.exit_code == 2 and "volseg never writes over its inputs" in result.stderr
