@@ -36,7 +36,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from volseg.checks import local_path, output_not_input, recorded_kind, require_kind
-from volseg.errors import InputError, OptionError
+from volseg.errors import InputError, OptionError, OutputError
 from volseg.sections import parse_sections
 from volseg.volume import Volume, open_volume
 
@@ -516,7 +516,10 @@ def _instance(
 
     mode = opts.instance_mode
     if mode == "auto":
-        mode = ((pred.meta.get("segment") or {}).get("options") or {}).get("mode", "2d")
+        record = pred.meta.get("segment")
+        options = record.get("options") if isinstance(record, dict) else None
+        mode = options.get("mode", "2d") if isinstance(options, dict) else "2d"
+        mode = mode if mode in ("2d", "3d") else "2d"  # metadata from elsewhere: the 2-D default
     truth_is_labels = recorded_kind(truth) == "label"
     cells = None if truth_is_labels else (lambda a: _cells_from_binary(a, foreground, kind))
     tables = dask.compute(
@@ -575,7 +578,10 @@ def evaluate(
     start = time.perf_counter()
     opts = options or EvaluateOptions()
     if json_path is not None:
+        given = os.fspath(json_path)
         json_path = local_path(json_path, "--json")
+        if json_path.name in ("", ".", "..") or given.endswith(("/", os.sep)) or json_path.is_dir():
+            raise OutputError(f"--json {given!r}: give a file path for the report, e.g. report.json")
         output_not_input({"--json": json_path}, {"PRED": pred, "TRUTH": truth})
     p, t = _open_pair(pred, truth)
     place = _place(p, t)
