@@ -18,31 +18,14 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from cli_support import cli, one_line_error
 from predict_support import em_like, unet_file, write_volume
-from typer.testing import CliRunner
 
 import volseg
 from volseg import checks
-from volseg.cli import app
 from volseg.errors import InputError, OptionError, OutputError
 from volseg.model import UNet, UNetConfig, save_model
 from volseg.volume import create_volume, open_volume, volume_info
-
-runner = CliRunner()
-
-
-def cli(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *needles: str, code: int = 2) -> str:
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("volseg: error:"), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def complete(path: Path) -> bool:

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from cli_support import cli, one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
-from volseg.cli import app
 from volseg.convert import TiffStack, convert
 from volseg.errors import InputError, OptionError, OutputError
 from volseg.volume import Volume, open_volume
@@ -28,20 +28,6 @@ runner = CliRunner()
 
 def stored(path: Path) -> np.ndarray:
     return open_volume(path).data.compute()
-
-
-def cli(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("volseg: error:"), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def looks_complete(path: Path) -> bool:

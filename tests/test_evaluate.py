@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from cli_support import translate
 from skimage.metrics import adapted_rand_error, variation_of_information
 from typer.testing import CliRunner
 
@@ -244,7 +245,7 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, case, needle):
     _write(tmp_path / "t.zarr", np.tile(MEMBRANE, (3, 1, 1)), kind="mask")
     _write(tmp_path / "p.zarr", np.zeros((3, 4, 5), np.uint8), kind="probability")
     _write(tmp_path / "small.zarr", np.zeros((2, 4, 5), np.uint8), kind="probability")
-    _translate(tmp_path / "small.zarr", (3, 0, 0))  # lies beyond the truth's 3 sections
+    translate(tmp_path / "small.zarr", (3, 0, 0))  # lies beyond the truth's 3 sections
     pred, truth, extra = tmp_path / "p.zarr", tmp_path / "t.zarr", []
     if case == "shape":
         pred = tmp_path / "small.zarr"
@@ -368,19 +369,6 @@ def test_json_report_never_overwrites_an_input(tmp_path):
 
 
 # --------------------------------------------------- placement by OME translation
-def _translate(path, offset):
-    """Record a voxel offset as 'volseg predict --roi' does: a translation after the scale (physical)."""
-    from volseg.volume import open_volume
-
-    vol = open_volume(path, mode="r+")
-    ome = dict(vol.group.attrs["ome"])
-    for dataset in ome["multiscales"][0]["datasets"]:
-        scale = dataset["coordinateTransformations"][0]["scale"]
-        dataset["coordinateTransformations"].append(
-            {"type": "translation", "translation": [float(o * s) for o, s in zip(offset, scale, strict=True)]}
-        )
-    vol.group.attrs.update({"ome": ome})
-    return path
 
 
 def _write_placed(path, data, kind, offset=None, voxel_size=(50, 4, 4), chunks=(2, 16, 16)):
@@ -389,7 +377,7 @@ def _write_placed(path, data, kind, offset=None, voxel_size=(50, 4, 4), chunks=(
     for b in vol.block_ids():
         vol.write_block(b, data[vol.block_region(b)])
     vol.mark_complete()
-    return _translate(path, offset) if offset is not None else path
+    return translate(path, offset) if offset is not None else path
 
 
 def _membrane_truth(shape, n, seed):

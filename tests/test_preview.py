@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from cli_support import translate
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -157,7 +158,7 @@ def test_training_curves(tmp_path):
 def test_cli_preview_and_its_errors(tmp_path):
     _write(tmp_path / "i.zarr", _image((3, 20, 30)))
     _write(tmp_path / "m.zarr", np.zeros((2, 20, 30), np.uint8), kind="mask")
-    _translate(tmp_path / "m.zarr", (3, 0, 0))  # lies beyond the image's 3 sections
+    translate(tmp_path / "m.zarr", (3, 0, 0))  # lies beyond the image's 3 sections
     ok = runner.invoke(
         app,
         [
@@ -196,19 +197,6 @@ def test_missing_inputs(tmp_path):
 
 
 # ------------------------------------------------------ overlays placed by translation
-def _translate(path, offset):
-    """Record a voxel offset as 'volseg predict --roi' does: a translation after the scale (physical)."""
-    from volseg.volume import open_volume
-
-    vol = open_volume(path, mode="r+")
-    ome = dict(vol.group.attrs["ome"])
-    for dataset in ome["multiscales"][0]["datasets"]:
-        scale = dataset["coordinateTransformations"][0]["scale"]
-        dataset["coordinateTransformations"].append(
-            {"type": "translation", "translation": [float(o * s) for o, s in zip(offset, scale, strict=True)]}
-        )
-    vol.group.attrs.update({"ome": ome})
-    return path
 
 
 def test_translated_overlay_is_drawn_where_it_lies(tmp_path):
@@ -217,7 +205,7 @@ def test_translated_overlay_is_drawn_where_it_lies(tmp_path):
     roi = np.ones((2, 20, 30), np.uint8)  # a mask over z 2:4, y 10:30, x 20:50 of the image
     roi[:, :, :5] = 0  # its first 5 columns are off
     _write(tmp_path / "m.zarr", roi, kind="mask")
-    _translate(tmp_path / "m.zarr", (2, 10, 20))
+    translate(tmp_path / "m.zarr", (2, 10, 20))
     info = preview(
         tmp_path / "i.zarr",
         tmp_path / "p.png",
@@ -252,7 +240,7 @@ def test_overlay_over_a_translated_base_and_probabilities_of_a_roi(tmp_path):
     _write(tmp_path / "p.zarr", prob, kind="probability")
     _write(tmp_path / "c.zarr", labels, kind="label")
     for name in ("p.zarr", "c.zarr"):
-        _translate(tmp_path / name, (3, 8, 8))
+        translate(tmp_path / name, (3, 8, 8))
     info = preview(
         tmp_path / "p.zarr",
         tmp_path / "a.png",
@@ -280,7 +268,7 @@ def test_overlay_over_a_translated_base_and_probabilities_of_a_roi(tmp_path):
 def test_overlay_that_does_not_overlap_is_refused(tmp_path):
     _write(tmp_path / "i.zarr", _image((3, 20, 30)))
     _write(tmp_path / "m.zarr", np.ones((2, 10, 10), np.uint8), kind="mask")
-    _translate(tmp_path / "m.zarr", (0, 20, 0))
+    translate(tmp_path / "m.zarr", (0, 20, 0))
     result = runner.invoke(
         app,
         [
