@@ -43,6 +43,7 @@ __all__ = [
     "recorded_kind",
     "require_complete",
     "require_kind",
+    "same_file",
 ]
 
 _NAME_MAX, _PATH_MAX = 255, 4096  # the limits of Linux (and most) file systems
@@ -96,7 +97,8 @@ def local_path(value: str | os.PathLike, what: str = "path") -> Path:
     return Path(text)
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Both paths exist and are one file or folder (through symlinks and hard links)."""
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -106,7 +108,7 @@ def _same_file(a: Path, b: Path) -> bool:
 def _relation(out: Path, inp: Path) -> str | None:
     """How output ``out`` and input ``inp`` overlap: ``"is"``, ``"inside"``, ``"contains"`` or None."""
     o, i = out.resolve(), inp.resolve()
-    if o == i or _same_file(out, inp):
+    if o == i or same_file(out, inp):
         return "is"
     if i in o.parents:
         return "inside"

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import scipy.ndimage as ndi
 
-from volseg.checks import local_path, output_not_input, recorded_kind, require_kind
+from volseg.checks import local_path, output_not_input, recorded_kind, require_kind, same_file
 from volseg.errors import InputError, OptionError, OutputError
 from volseg.sections import parse_sections
 from volseg.volume import Volume, open_volume
@@ -317,7 +317,7 @@ _TRUTH_FIX = (
 def _open_pair(pred: str | os.PathLike, truth: str | os.PathLike) -> tuple[Volume, Volume]:
     """Open PRED and TRUTH; refuse a truth that is not labels, and a volume scored against itself."""
     p, t = open_volume(pred), open_volume(truth)
-    if p.path.resolve() == t.path.resolve() or _same_file(p.path, t.path):
+    if p.path.resolve() == t.path.resolve() or same_file(p.path, t.path):
         raise InputError(
             f"{p.path}: PRED and TRUTH {t.path} are the same volume, and a volume scored against itself "
             "scores perfectly; pass the prediction and the ground truth"
@@ -338,13 +338,6 @@ def _open_pair(pred: str | os.PathLike, truth: str | os.PathLike) -> tuple[Volum
     if recorded_kind(t) != "image":
         require_kind(t, ("label", "mask"), "evaluate's TRUTH", _TRUTH_FIX, unknown_ok=True)
     return p, t
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _check_foreground(
