@@ -1375,6 +1375,15 @@ def _get(doc: Any, path: tuple) -> Any:
 
 
 # ============================================================================ e. option strings
+#: Options of a valid train command that is as small as a run can be (1 step of a 2-level, 2-channel U-Net).
+TINY_TRAIN = [
+    *("--steps", "1", "--patch-size", "32", "--batch-size", "1", "--base-channels", "2", "--depth", "2"),
+    *("--val-fraction", "0", "--workers", "0", "--no-progress"),
+]
+#: And at most 2 s of it, without augmentation.
+FAST_TRAIN = ["--time-limit", "2s", "--augment", "none"]
+
+
 def base_commands(ws: Workspace, case: Case) -> dict[str, list[str]]:
     """A valid, fast command line for every command (the fuzzer replaces or adds one option)."""
     o = case.out
@@ -1382,32 +1391,7 @@ def base_commands(ws: Workspace, case: Case) -> dict[str, list[str]]:
         "info": ["info", str(ws.image)],
         "synth": ["synth", str(o / "s"), "--shape", "2,32,32", "--no-progress"],
         "convert": ["convert", str(ws.tiff), str(o / "v.zarr"), "--no-progress"],
-        "train": [
-            "train",
-            str(ws.image),
-            str(ws.membranes),
-            "-o",
-            str(o / "m.pt"),
-            "--steps",
-            "1",
-            "--time-limit",
-            "2s",
-            "--patch-size",
-            "32",
-            "--batch-size",
-            "1",
-            "--base-channels",
-            "2",
-            "--depth",
-            "2",
-            "--val-fraction",
-            "0",
-            "--workers",
-            "0",
-            "--augment",
-            "none",
-            "--no-progress",
-        ],
+        "train": _tiny_train(ws, case),
         "predict": ["predict", str(ws.model), str(ws.image), str(o / "p.zarr"), "--no-progress"],
         "segment": ["segment", str(ws.prob), str(o / "c.zarr")],
         "evaluate": ["evaluate", str(ws.prob), str(ws.membranes), "--json", str(o / "r.json")],
@@ -1726,23 +1710,6 @@ def _path_fixtures(ws: Workspace, case: Case) -> dict[str, Path]:
 def _path_templates(case: Case, f: dict[str, Path]) -> list[tuple[str, list[str], list[Path], int]]:
     """(command, argv, its inputs, index of its output in argv)."""
     o = case.out
-    tiny_train = [
-        "--steps",
-        "1",
-        "--patch-size",
-        "32",
-        "--batch-size",
-        "1",
-        "--base-channels",
-        "2",
-        "--depth",
-        "2",
-        "--val-fraction",
-        "0",
-        "--workers",
-        "0",
-        "--no-progress",
-    ]
     return [
         (
             "predict",
@@ -1782,7 +1749,7 @@ def _path_templates(case: Case, f: dict[str, Path]) -> list[tuple[str, list[str]
         ("preview", ["preview", "--curves", str(f["log"]), "-o", str(o / "p.png")], [f["log"]], 4),
         (
             "train",
-            ["train", str(f["image"]), str(f["labels"]), "-o", str(o / "m.pt"), *tiny_train],
+            ["train", str(f["image"]), str(f["labels"]), "-o", str(o / "m.pt"), *TINY_TRAIN],
             [f["image"], f["labels"]],
             4,
         ),
@@ -1791,33 +1758,9 @@ def _path_templates(case: Case, f: dict[str, Path]) -> list[tuple[str, list[str]
 
 # ============================================================================ g. the corpus
 def _tiny_train(ws: Workspace, case: Case, *extra: str, output: str | None = None) -> list[str]:
-    return [
-        "train",
-        str(ws.image),
-        str(ws.membranes),
-        "-o",
-        output if output is not None else str(case.out / "m.pt"),
-        "--steps",
-        "1",
-        "--time-limit",
-        "2s",
-        "--patch-size",
-        "32",
-        "--batch-size",
-        "1",
-        "--base-channels",
-        "2",
-        "--depth",
-        "2",
-        "--val-fraction",
-        "0",
-        "--workers",
-        "0",
-        "--augment",
-        "none",
-        "--no-progress",
-        *extra,
-    ]
+    """A valid, fast train command (1 step, at most 2 s) of the shared tiny volumes, plus ``extra``."""
+    out = output if output is not None else str(case.out / "m.pt")
+    return ["train", str(ws.image), str(ws.membranes), "-o", out, *TINY_TRAIN, *FAST_TRAIN, *extra]
 
 
 def _edit_json(path: Path, edit: Callable[[Any], Any]) -> None:

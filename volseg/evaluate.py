@@ -38,7 +38,7 @@ import scipy.ndimage as ndi
 from volseg.checks import local_path, output_not_input, recorded_kind, require_kind, same_file
 from volseg.errors import InputError, OptionError, OutputError
 from volseg.sections import parse_sections
-from volseg.volume import Volume, open_volume
+from volseg.volume import Volume, open_volume, overlap_region, voxel_offset
 
 __all__ = [
     "EvaluateOptions",
@@ -117,88 +117,6 @@ def parse_foreground(text: str | None) -> tuple[int, ...] | None:
 
 
 # -------------------------------------------------------------------- placement
-#: A translation within this many voxels of a whole number counts as whole (float rounding).
-_WHOLE_VOXEL = 1e-3
-
-
-def voxel_offset(vol: Volume, level: int = 0) -> tuple[int, ...]:
-    """Where ``vol`` lies: the ``(z, y, x)`` voxel index of its first voxel in the frame of its source.
-
-    Read from the OME ``translation`` of the level's dataset (after its ``scale``, in physical
-    units: offset = translation / scale), which ``volseg predict --roi`` and ``volseg segment``
-    record; a volume without one lies at ``(0, 0, 0)``. Refused (one line) when the transforms
-    are malformed or the translation is not a whole number of voxels.
-    """
-    ndim = len(vol.shape)
-    transforms = _transforms(vol, level)
-    scale = _vector(vol, "scale", [t for t in transforms if t.get("type") == "scale"][:1], ndim)
-    if scale is None:
-        scale = np.ones(ndim)
-    if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
-        raise InputError(
-            f"{vol.path}: its OME scale {scale.tolist()} is not {ndim} positive numbers; fix the volume's "
-            "metadata (zarr.json) or convert it again"
-        )
-    shift = _vector(vol, "translation", [t for t in transforms if t.get("type") == "translation"], ndim)
-    if shift is None:
-        return (0,) * ndim
-    voxels = shift / scale
-    whole = np.rint(voxels)
-    if np.abs(voxels - whole).max(initial=0.0) > _WHOLE_VOXEL:
-        raise InputError(
-            f"{vol.path}: its OME translation {shift.tolist()} is not a whole number of voxels of size "
-            f"{scale.tolist()} ({voxels.round(3).tolist()} voxels); volseg places volumes on the voxel "
-            "grid: crop it on whole voxels (as 'volseg predict --roi' does)"
-        )
-    return tuple(int(v) for v in whole)
-
-
-def _transforms(vol: Volume, level: int) -> list[dict[str, Any]]:
-    """The coordinate transformations of dataset ``level`` (one line when the metadata is malformed)."""
-    try:
-        datasets = vol.group.attrs["ome"]["multiscales"][0]["datasets"]
-        transforms = datasets[level].get("coordinateTransformations") or []
-        if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
-            raise TypeError
-        return transforms
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise InputError(
-            f"{vol.path}: its OME metadata has no readable dataset {level} (multiscales/datasets/"
-            "coordinateTransformations); fix the volume's metadata (zarr.json) or convert it again"
-        ) from None
-
-
-def _vector(vol: Volume, name: str, transforms: list[dict[str, Any]], ndim: int) -> np.ndarray | None:
-    """The sum of the ``name`` vectors of ``transforms`` (float, length ``ndim``); None if there are none."""
-    if not transforms:
-        return None
-    total = np.zeros(ndim)
-    for t in transforms:
-        value = t.get(name)
-        try:
-            vector = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            vector = None
-        if vector is None or vector.shape != (ndim,) or not np.all(np.isfinite(vector)):
-            raise InputError(
-                f"{vol.path}: its OME {name} {value!r} is not {ndim} finite numbers (z, y, x); fix the "
-                "volume's metadata (zarr.json) or convert it again"
-            )
-        total += vector
-    return total
-
-
-def overlap_region(
-    a_offset: Sequence[int], a_shape: Sequence[int], b_offset: Sequence[int], b_shape: Sequence[int]
-) -> tuple[tuple[int, int], ...] | None:
-    """``[start, stop)`` per axis, in the common frame, where two placed boxes overlap; None if nowhere."""
-    region = tuple(
-        (max(ao, bo), min(ao + an, bo + bn))
-        for ao, an, bo, bn in zip(a_offset, a_shape, b_offset, b_shape, strict=True)
-    )
-    return region if all(lo < hi for lo, hi in region) else None
-
-
 def _span(region: Sequence[tuple[int, int]]) -> str:
     return ", ".join(f"{ax} {lo}:{hi}" for ax, (lo, hi) in zip("zyx", region, strict=True))
 

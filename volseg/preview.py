@@ -25,7 +25,7 @@ import numpy as np
 from volseg.checks import local_path, output_not_input
 from volseg.errors import InputError, OptionError, OutputError
 from volseg.sections import parse_sections
-from volseg.volume import Volume, open_volume
+from volseg.volume import Volume, open_volume, overlap_region, voxel_offset
 
 __all__ = ["PreviewOptions", "choose_level", "label_colours", "parse_sections", "preview", "stretch"]
 
@@ -331,8 +331,6 @@ class _Place:
 
 def _place_overlay(base: Volume, over: Volume) -> _Place:
     """Place the overlay on the base by their OME translations (voxel sizes must then agree)."""
-    from volseg.evaluate import overlap_region, voxel_offset
-
     base_at, over_at = voxel_offset(base), voxel_offset(over)
     start = tuple(o - b for o, b in zip(over_at, base_at, strict=True))
     whole = not any(start) and base.shape == over.shape

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+from zarr.storage import LocalStore, WrapperStore
 
 from volseg.errors import InputError, OptionError, OutputError, VolsegError
 
@@ -46,10 +47,12 @@ __all__ = [
     "Volume",
     "block_slices",
     "create_volume",
+    "overlap_region",
     "open_volume",
     "parse_codec",
     "provenance",
     "volume_info",
+    "voxel_offset",
 ]
 
 NGFF_VERSION = "0.5"
@@ -137,47 +140,35 @@ class MissingChunkError(InputError):
     """A chunk of a volume that stores every chunk is absent: the volume is damaged."""
 
 
-def _checked_store(path: Path) -> Any:
-    """A read-only store of ``path`` on which a missing level-0 chunk is an error, not zeros.
+class _CheckedStore(WrapperStore):
+    """A read-only local store on which, once ``strict``, a missing level-0 chunk is an error, not zeros.
 
-    volseg writes every chunk of level ``0`` (:data:`EVERY_CHUNK`), so a chunk that is not
-    there was lost (deleted, a failed copy, a damaged disk). The Zarr spec reads a missing
-    chunk as the fill value, which would turn damage into silent zeros; here the read fails
-    with one line naming the chunk. The check costs nothing: zarr asks the store for the
-    chunk anyway, and the store answers "absent" instead of bytes.
+    volseg writes every chunk of level ``0`` (:data:`EVERY_CHUNK`), so in its volumes a chunk
+    that is not there was lost (deleted, a failed copy, a damaged disk). The Zarr spec reads a
+    missing chunk as the fill value, which would turn damage into silent zeros; here the read
+    fails with one line naming the chunk. The check costs nothing: zarr asks the store for the
+    chunk anyway, and the store answers "absent" instead of bytes. ``strict`` is set once the
+    volume's metadata is read (volumes from other writers stay lenient).
     """
-    from zarr.storage import LocalStore
 
-    return _CheckedStore(LocalStore(str(path), read_only=True), str(path))
+    def __init__(self, path: Path) -> None:
+        super().__init__(LocalStore(str(path), read_only=True))
+        self._root, self.strict = str(path), False
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {"store": self._store, "root": self._root, "strict": self.strict}
 
-try:  # zarr >= 3.0.8 has WrapperStore
-    from zarr.storage import WrapperStore as _WrapperStore
-except ImportError:  # pragma: no cover
-    _WrapperStore = None  # type: ignore[assignment,misc]
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._store, self._root, self.strict = state["store"], state["root"], state["strict"]
 
-
-if _WrapperStore is not None:
-
-    class _CheckedStore(_WrapperStore):  # type: ignore[misc,valid-type]
-        def __init__(self, store: Any, root: str) -> None:
-            super().__init__(store)
-            self._root = root
-
-        def __getstate__(self) -> dict[str, Any]:
-            return {"store": self._store, "root": self._root}
-
-        def __setstate__(self, state: dict[str, Any]) -> None:
-            self._store, self._root = state["store"], state["root"]
-
-        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-            value = await self._store.get(key, prototype, byte_range)
-            if value is None and key.startswith("0/c/"):
-                raise MissingChunkError(
-                    f"{self._root}: chunk {key} is missing; volseg stores every chunk, so the volume is "
-                    "damaged: restore it from a copy, or write it again with the command that made it"
-                )
-            return value
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        value = await self._store.get(key, prototype, byte_range)
+        if value is None and self.strict and key.startswith("0/c/"):
+            raise MissingChunkError(
+                f"{self._root}: chunk {key} is missing; volseg stores every chunk, so the volume is "
+                "damaged: restore it from a copy, or write it again with the command that made it"
+            )
+        return value
 
 
 # ----------------------------------------------------------------------- provenance
@@ -240,6 +231,89 @@ def block_slices(shape: Sequence[int], block: Sequence[int], index: Sequence[int
 
 def _grid(shape: Sequence[int], block: Sequence[int]) -> tuple[int, ...]:
     return tuple(-(-s // b) for s, b in zip(shape, block, strict=True))
+
+
+# ---------------------------------------------------------------------- placement
+#: A translation within this many voxels of a whole number counts as whole (float rounding).
+_WHOLE_VOXEL = 1e-3
+
+
+def voxel_offset(vol: Volume, level: int = 0) -> tuple[int, ...]:
+    """Where ``vol`` lies: the ``(z, y, x)`` voxel index of its first voxel in the frame of its source.
+
+    Read from the OME ``translation`` of the level's dataset (after its ``scale``, in physical
+    units: offset = translation / scale), which ``volseg predict --roi`` and ``volseg segment``
+    record; a volume without one lies at ``(0, 0, 0)``. Refused (one line) when the transforms
+    are malformed or the translation is not a whole number of voxels.
+    """
+    ndim = len(vol.shape)
+    transforms = _transforms(vol, level)
+    scale = _vector(vol, "scale", [t for t in transforms if t.get("type") == "scale"][:1], ndim)
+    if scale is None:
+        scale = np.ones(ndim)
+    if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+        raise InputError(
+            f"{vol.path}: its OME scale {scale.tolist()} is not {ndim} positive numbers; fix the volume's "
+            "metadata (zarr.json) or convert it again"
+        )
+    shift = _vector(vol, "translation", [t for t in transforms if t.get("type") == "translation"], ndim)
+    if shift is None:
+        return (0,) * ndim
+    voxels = shift / scale
+    whole = np.rint(voxels)
+    if np.abs(voxels - whole).max(initial=0.0) > _WHOLE_VOXEL:
+        raise InputError(
+            f"{vol.path}: its OME translation {shift.tolist()} is not a whole number of voxels of size "
+            f"{scale.tolist()} ({voxels.round(3).tolist()} voxels); volseg places volumes on the voxel "
+            "grid: crop it on whole voxels (as 'volseg predict --roi' does)"
+        )
+    return tuple(int(v) for v in whole)
+
+
+def _transforms(vol: Volume, level: int) -> list[dict[str, Any]]:
+    """The coordinate transformations of dataset ``level`` (one line when the metadata is malformed)."""
+    try:
+        datasets = vol.group.attrs["ome"]["multiscales"][0]["datasets"]
+        transforms = datasets[level].get("coordinateTransformations") or []
+        if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+            raise TypeError
+        return transforms
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise InputError(
+            f"{vol.path}: its OME metadata has no readable dataset {level} (multiscales/datasets/"
+            "coordinateTransformations); fix the volume's metadata (zarr.json) or convert it again"
+        ) from None
+
+
+def _vector(vol: Volume, name: str, transforms: list[dict[str, Any]], ndim: int) -> np.ndarray | None:
+    """The sum of the ``name`` vectors of ``transforms`` (float, length ``ndim``); None if there are none."""
+    if not transforms:
+        return None
+    total = np.zeros(ndim)
+    for t in transforms:
+        value = t.get(name)
+        try:
+            vector = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            vector = None
+        if vector is None or vector.shape != (ndim,) or not np.all(np.isfinite(vector)):
+            raise InputError(
+                f"{vol.path}: its OME {name} {value!r} is not {ndim} finite numbers (z, y, x); fix the "
+                "volume's metadata (zarr.json) or convert it again"
+            )
+        total += vector
+    return total
+
+
+def overlap_region(
+    a_offset: Sequence[int], a_shape: Sequence[int], b_offset: Sequence[int], b_shape: Sequence[int]
+) -> tuple[tuple[int, int], ...] | None:
+    """``[start, stop)`` per axis, in the common frame, where two placed boxes overlap; None if nowhere."""
+    region = tuple(
+        (max(ao, bo), min(ao + an, bo + bn))
+        for ao, an, bo, bn in zip(a_offset, a_shape, b_offset, b_shape, strict=True)
+    )
+    return region if all(lo < hi for lo, hi in region) else None
 
 
 def _ome_attrs(
@@ -700,8 +774,9 @@ def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
         raise InputError(
             f"{path}: not a Zarr v3 volume (no zarr.json); convert images first with 'volseg convert'"
         )
+    store = _CheckedStore(path) if mode == "r" else str(path)
     try:
-        node = zarr.open(str(path), mode=mode, zarr_format=3)
+        node = zarr.open(store, mode=mode, zarr_format=3)
         if isinstance(node, zarr.Array):
             raise InputError(
                 f"{path}: is a bare Zarr array, not an OME-Zarr volume; open its parent group instead"
@@ -711,8 +786,8 @@ def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
                 f"{path}: is a Zarr group but not an OME-Zarr volume (no 'ome' metadata or array '0')"
             )
         vol = Volume(path, node)
-        if mode == "r" and _CheckedStore is not None and vol.meta.get(EVERY_CHUNK):
-            vol = Volume(path, zarr.open_group(_checked_store(path), mode="r", zarr_format=3))
+        if isinstance(store, _CheckedStore):
+            store.strict = bool(vol.meta.get(EVERY_CHUNK))
         _check_metadata(vol)
     except VolsegError:
         raise
