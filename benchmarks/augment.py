@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from volseg.augment import (
+from volseg.core.augment import (
     PRESETS,
     TRANSFORMS,
     AugmentConfig,
@@ -53,7 +53,7 @@ from volseg.augment import (
     warp,
     warp_coordinates,
 )
-from volseg.weights import border_weights, instances_from_mask
+from volseg.core.weights import border_weights, instances_from_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ISBI = ROOT.parent / "shared" / "data" / "isbi2012"

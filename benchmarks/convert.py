@@ -42,7 +42,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "convert.json"
 NAIVE = """
 import json, sys
 import tifffile, zarr
-from volseg.volume import parse_codec
+from volseg.storage.volumes import parse_codec
 src, out, chunks, codec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 data = tifffile.imread(src)
 arr = zarr.create_array(out, shape=data.shape, dtype=data.dtype, chunks=chunks,
@@ -134,7 +134,7 @@ def markdown(res: dict) -> str:
 
 def import_rss_mb() -> float:
     """Peak RSS of a process that only imports what ``volseg convert`` imports."""
-    code = "import volseg.cli, volseg.convert, rich.progress"
+    code = "import volseg.app.cli, volseg.convert, rich.progress"
     return run_child([sys.executable, "-c", code])["peak_rss_mb"]
 
 

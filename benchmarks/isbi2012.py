@@ -64,7 +64,7 @@ def write_volumes(isbi: Path, out: Path) -> tuple[Path, Path]:
     """The training stack and labels as volumes in ``out`` (rewritten each run)."""
     import tifffile
 
-    from volseg.volume import create_volume
+    from volseg.storage.volumes import create_volume
 
     paths = []
     # The labels are binary (255 cell, 0 membrane): kind "mask", so evaluate turns them into cells.
@@ -91,10 +91,10 @@ def inference_variants(model_path: Path, image: Path, labels: Path, precision: s
     """The best model on sections 25-29 with the default edge, the whole halo mirrored, and TTA."""
     import numpy as np
 
-    from volseg.inference import InferOptions, infer_image
-    from volseg.model import load_model
-    from volseg.train import validation_metrics
-    from volseg.volume import open_volume
+    from volseg.nn.inference import InferOptions, infer_image
+    from volseg.nn.model import load_model
+    from volseg.stages.train import validation_metrics
+    from volseg.storage.volumes import open_volume
 
     model = load_model(model_path)
     norm = model.volseg_meta["normalization"]
@@ -139,7 +139,7 @@ def markdown(res: dict) -> str:
         "evaluation script computes it; the paper's 0.0611 is of that kind. With about 78 % cell pixels "
         "the F-score form is the smaller number. "
         "The paper's figures were computed by the challenge on its hidden test labels; ours on five "
-        "held-out training sections with `volseg.metrics.isbi_scores` (foreground-restricted, after "
+        "held-out training sections with `volseg.core.metrics.isbi_scores` (foreground-restricted, after "
         "border thinning, best of the thresholds 0.0 .. 1.0), so they compare in kind, not exactly. "
         f"The best checkpoint is the best of {len(res['validations'])} validations on the same five sections "
         "(every "
@@ -167,10 +167,10 @@ def cells_stage(out: Path, model: Path, write_pictures: bool) -> dict:
     """
     import time
 
-    from volseg.evaluate import evaluate
-    from volseg.predict import predict
-    from volseg.preview import PreviewOptions, preview
-    from volseg.segment import segment
+    from volseg.stages.evaluate import evaluate
+    from volseg.stages.predict import predict
+    from volseg.stages.preview import PreviewOptions, preview
+    from volseg.stages.segment import segment
 
     timings = {}
     t0 = time.perf_counter()
@@ -191,7 +191,7 @@ def cells_stage(out: Path, model: Path, write_pictures: bool) -> dict:
 
 def _roi_truth(out: Path) -> Path:
     """Sections 25-29 of the labels (and image, for previews) as volumes of the ROI's shape."""
-    from volseg.volume import create_volume, open_volume
+    from volseg.storage.volumes import create_volume, open_volume
 
     for name in ("labels", "image"):
         src = open_volume(out / f"{name}.zarr")
@@ -266,7 +266,7 @@ def main() -> int:
         print(f"skipped: ISBI 2012 data not found at {args.isbi} (train-volume.tif, train-labels.tif)")
         return 0
 
-    from volseg.train import train
+    from volseg.stages.train import train
 
     args.out.mkdir(parents=True, exist_ok=True)
     image, labels = write_volumes(args.isbi, args.out)
@@ -331,7 +331,7 @@ def cells_only(args: argparse.Namespace) -> int:
 
 
 def _precision(result) -> str:
-    from volseg.model import read_model_file
+    from volseg.nn.model import read_model_file
 
     return read_model_file(result.model)["extra"]["precision"]
 

@@ -52,7 +52,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 CHILD = """
 import json, resource, sys, time
-from volseg.predict import predict
+from volseg.stages.predict import predict
 args = json.loads(sys.argv[1])
 t = time.perf_counter()
 r = predict(args.pop("model"), args.pop("image"), args.pop("out"), **args)
@@ -66,7 +66,7 @@ def make_volume(path: Path, shape: tuple[int, int, int], seed: int = 0) -> Path:
     """EM-like sections (smooth texture, dark ridges, noise), written section by section."""
     from scipy import ndimage
 
-    from volseg.volume import create_volume
+    from volseg.storage.volumes import create_volume
 
     z, y, x = shape
     vol = create_volume(path, shape, "uint8", (1, min(y, 1024), min(x, 1024)), voxel_size=(50, 4, 4))
@@ -86,7 +86,7 @@ def make_volume(path: Path, shape: tuple[int, int, int], seed: int = 0) -> Path:
 def make_model(path: Path) -> Path:
     import torch
 
-    from volseg.model import UNet, UNetConfig, save_model
+    from volseg.nn.model import UNet, UNetConfig, save_model
 
     torch.manual_seed(0)
     save_model(
@@ -122,7 +122,7 @@ def raw_forward(model_file: Path, tile: int, batch: int, precision: str, seconds
 
     import torch
 
-    from volseg.model import autocast_context, load_model, prepare_for_inference, resolve_precision
+    from volseg.nn.model import autocast_context, load_model, prepare_for_inference, resolve_precision
 
     model = prepare_for_inference(load_model(model_file), "cpu")
     cores = os.cpu_count() or 1
@@ -164,7 +164,7 @@ def raw_forward(model_file: Path, tile: int, batch: int, precision: str, seconds
 
 def end_to_end(model_file: Path, image: Path, out: Path, **options: Any) -> dict[str, Any]:
     """(b) ``volseg.predict`` in this process; Mvox/s over the time the blocks ran."""
-    from volseg.predict import predict
+    from volseg.stages.predict import predict
 
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
@@ -198,8 +198,8 @@ def monai_sliding(model_file: Path, image: Path, sections: int, batch: int, prec
     import monai
     import torch
 
-    from volseg.model import autocast_context, load_model, normalize, prepare_for_inference
-    from volseg.volume import open_volume
+    from volseg.nn.model import autocast_context, load_model, normalize, prepare_for_inference
+    from volseg.storage.volumes import open_volume
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = prepare_for_inference(load_model(model_file), "cpu")
@@ -401,7 +401,7 @@ def main() -> None:
 
 
 def open_volume_shape(path: Path) -> tuple[int, ...]:
-    from volseg.volume import open_volume
+    from volseg.storage.volumes import open_volume
 
     return open_volume(path).shape
 

@@ -9,7 +9,7 @@ The same model and optimizer (the training defaults: U-Net base 16, depth 4, bat
   nothing waits for data: the model's own speed;
 * **the training loader** with 0, 1, 2, ... DataLoader worker processes: patches read lazily
   from the Zarr volumes, augmented with the ``default`` preset, normalised and collated while
-  the model trains, exactly as ``volseg train`` does (:meth:`volseg.train.Trainer.loader`).
+  the model trains, exactly as ``volseg train`` does (:meth:`volseg.stages.train.Trainer.loader`).
 
 Data waiting is measured inside the loop, as the training loop measures it: the time spent in
 ``next(batches)``, over the time of the whole step (waiting included). The first ``--warmup``
@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from volseg.train import TrainConfig, Trainer, output_paths
-from volseg.volume import create_volume
+from volseg.stages.train import TrainConfig, Trainer, output_paths
+from volseg.storage.volumes import create_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _doc import machine, write_doc_section  # noqa: E402
@@ -56,7 +56,7 @@ def write_data(scratch: Path, isbi: Path) -> str:
         image, labels = tifffile.imread(isbi / "train-volume.tif"), tifffile.imread(isbi / "train-labels.tif")
         source = "ISBI 2012 training stack (30 x 512 x 512)"
     else:
-        from volseg.synth import synth_block
+        from volseg.stages.synth import synth_block
 
         image, _, labels = synth_block((30, 512, 512), seed=0)
         source = "synthetic stack (30 x 512 x 512, volseg.synth)"

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import volseg
-from volseg.preview import PreviewOptions
+from volseg.stages.preview import PreviewOptions
 
 OUT = Path(__file__).resolve().parent / "images" / "preview_example.png"
 

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from volseg.tiling import aligned_window, halo_overhead, tile_starts  # noqa: E402
+from volseg.core.tiling import aligned_window, halo_overhead, tile_starts  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "images" / "tiling.png"
 SECTION = (540, 720)  # (Y, X) px of the drawn section

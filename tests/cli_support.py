@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from volseg.cli import app
+from volseg.app.cli import app
 
 runner = CliRunner()
 
@@ -29,7 +29,7 @@ def one_line_error(result, *needles: str, code: int = 2) -> str:
 
 def translate(path: Path, offset) -> Path:
     """Record a voxel offset as 'volseg predict --roi' does: a translation after the scale (physical)."""
-    from volseg.volume import open_volume
+    from volseg.storage.volumes import open_volume
 
     vol = open_volume(path, mode="r+")
     ome = dict(vol.group.attrs["ome"])

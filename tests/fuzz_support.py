@@ -116,13 +116,13 @@ _CLI: dict[str, Any] = {}
 
 
 def _cli() -> tuple[Any, Any]:
-    """typer's CliRunner and the click command of ``volseg.cli.app``, built once: building it takes ~0.1 s,
+    """typer's CliRunner and the click command of ``volseg.app.cli.app``, built once (that takes ~0.1 s),
     which ``CliRunner.invoke`` would pay on every case."""
     if not _CLI:
         import typer.main
         from typer.testing import CliRunner
 
-        from volseg.cli import app
+        from volseg.app.cli import app
 
         _CLI.update(runner=CliRunner(), command=typer.main.get_command(app))
     return _CLI["runner"], _CLI["command"]
@@ -428,7 +428,7 @@ class Workspace:
         import tifffile
         from predict_support import unet_file
 
-        from volseg.synth import synth
+        from volseg.stages.synth import synth
 
         shutil.rmtree(self.base, ignore_errors=True)
         self.base.mkdir(parents=True)
@@ -446,7 +446,7 @@ class Workspace:
             done = invoke(argv, tmp, timeout=120)
             if done.exit_code != 0:
                 raise RuntimeError(f"fuzz workspace: {argv[0]} failed: {done.stderr}{done.traceback}")
-        from volseg.volume import open_volume
+        from volseg.storage.volumes import open_volume
 
         self.image_array = open_volume(self.image).array[:]
         self.tiff = self.base / "stack.tif"
@@ -882,7 +882,7 @@ def _config_strategies() -> Any:
 
     from hypothesis import strategies as st
 
-    from volseg.train import TrainConfig
+    from volseg.stages.train import TrainConfig
 
     keys = [f.name for f in dataclasses.fields(TrainConfig)]
     small_ints = st.sampled_from(
@@ -1455,7 +1455,7 @@ def fuzzable_options() -> dict[str, list[Any]]:
     """Every option that takes a value, per command, found by introspecting the click app."""
     import typer.main
 
-    from volseg.cli import app
+    from volseg.app.cli import app
 
     group = typer.main.get_command(app)
     found: dict[str, list[Any]] = {}

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from volseg.model import UNet, UNetConfig, save_model
-from volseg.volume import create_volume
+from volseg.nn.model import UNet, UNetConfig, save_model
+from volseg.storage.volumes import create_volume
 
 NORM = {"mode": "meanstd", "mean": 0.0, "std": 1.0}
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage as ndi
 
-from volseg.augment import (
+from volseg.core.augment import (
     DEFECTS,
     GEOMETRIC,
     PRESETS,

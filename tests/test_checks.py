@@ -1,4 +1,4 @@
-"""The entry checks of every stage (volseg/checks.py), each through the command a user types.
+"""The entry checks of every stage (volseg/storage/checks.py), each through the command a user types.
 
 Each test reproduces a failure a fuzzing pass found (issue 9): an input deleted by --overwrite,
 an image the model was not trained for, a missing chunk read as zeros, a device torch lacks,
@@ -22,10 +22,10 @@ from cli_support import cli, one_line_error
 from predict_support import em_like, unet_file, write_volume
 
 import volseg
-from volseg import checks
 from volseg.errors import InputError, OptionError, OutputError
-from volseg.model import UNet, UNetConfig, save_model
-from volseg.volume import create_volume, open_volume, volume_info
+from volseg.nn.model import UNet, UNetConfig, save_model
+from volseg.storage import checks
+from volseg.storage.volumes import create_volume, open_volume, volume_info
 
 
 def complete(path: Path) -> bool:

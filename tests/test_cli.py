@@ -10,8 +10,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from volseg import __version__
-from volseg.cli import app
-from volseg.volume import create_volume
+from volseg.app.cli import app
+from volseg.storage.volumes import create_volume
 
 runner = CliRunner()
 
@@ -67,11 +67,11 @@ def test_info_json(tmp_path):
 def test_unexpected_exception_exits_non_zero(tmp_path):
     """A bug (not a VolsegError) is never reported as success: traceback and a non-zero exit."""
     code = (
-        "import sys, volseg.volume as v\n"
+        "import sys, volseg.storage.volumes as v\n"
         "def boom(*a, **k):\n"
         "    raise RuntimeError('boom: a bug')\n"
         "v.open_volume = boom\n"
-        "from volseg.cli import main\n"
+        "from volseg.app.cli import main\n"
         f"main(['info', {str(tmp_path / 'x.zarr')!r}])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -19,9 +19,9 @@ from cli_support import cli, one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
-from volseg.convert import TiffStack, convert
 from volseg.errors import InputError, OptionError, OutputError
-from volseg.volume import Volume, open_volume
+from volseg.stages.convert import TiffStack, convert
+from volseg.storage.volumes import Volume, open_volume
 
 runner = CliRunner()
 
@@ -148,7 +148,9 @@ def test_uncompressed_tiff_is_read_a_few_chunk_rows_at_a_time(
 ):
     data = rng.integers(0, 2**16, shape, dtype=np.uint16)
     tifffile.imwrite(tmp_path / "s.tif", data, byteorder=">", **layout)  # big-endian: converted on the way
-    monkeypatch.setattr("volseg.convert._cores", lambda: 1)  # 2 blocks a piece: 2 chunk rows (1 block each)
+    monkeypatch.setattr(
+        "volseg.stages.convert._cores", lambda: 1
+    )  # 2 blocks a piece: 2 chunk rows (1 block each)
     calls = _spy_reads(monkeypatch)
     convert(tmp_path / "s.tif", tmp_path / "v.zarr", chunks=(1, 32, 64), channel=channel)
     assert calls[:4] == [(0, 1, 0, 64), (0, 1, 64, 64), (0, 1, 128, 64), (0, 1, 192, 8)]
@@ -367,7 +369,9 @@ def test_shards_convert_resume_and_refuse_bad_shapes(tmp_path, rng, monkeypatch)
 def test_resume_after_lost_records_rewrites_exactly_those_blocks(tmp_path, rng, monkeypatch):
     data = rng.integers(0, 2**16, (3, 70, 90), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "s.tif", data, photometric="minisblack")
-    monkeypatch.setattr("volseg.convert._cores", lambda: 1)  # pieces of 2 chunk rows, two buffers in turn
+    monkeypatch.setattr(
+        "volseg.stages.convert._cores", lambda: 1
+    )  # pieces of 2 chunk rows, two buffers in turn
     out, opts = tmp_path / "v.zarr", {"chunks": (1, 16, 90)}  # grid 3 x 5 x 1
     vol = convert(tmp_path / "s.tif", out, **opts)
     lost = [

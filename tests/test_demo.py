@@ -7,8 +7,8 @@ import json
 from PIL import Image
 from typer.testing import CliRunner
 
-from volseg.cli import app
-from volseg.volume import open_volume
+from volseg.app.cli import app
+from volseg.storage.volumes import open_volume
 
 runner = CliRunner()
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from predict_support import em_like, unet_file, write_volume
 
-from volseg.predict import predict
-from volseg.volume import open_volume
+from volseg.stages.predict import predict
+from volseg.storage.volumes import open_volume
 
 distributed = pytest.importorskip("distributed")
 

@@ -12,10 +12,10 @@ PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 
 
 def test_cli_reference_is_current():
-    from volseg._cli_reference import render
+    from volseg.app.cli_reference import render
 
     assert (ROOT / "docs" / "cli.md").read_text() == render(), (
-        "docs/cli.md is stale: run `python -m volseg._cli_reference > docs/cli.md`"
+        "docs/cli.md is stale: run `python -m volseg.app.cli_reference > docs/cli.md`"
     )
 
 

@@ -10,10 +10,10 @@ from cli_support import translate
 from skimage.metrics import adapted_rand_error, variation_of_information
 from typer.testing import CliRunner
 
-from volseg.cli import app
+from volseg.app.cli import app
 from volseg.errors import InputError, OptionError
-from volseg.evaluate import EvaluateOptions, evaluate, parse_foreground
-from volseg.volume import create_volume
+from volseg.stages.evaluate import EvaluateOptions, evaluate, parse_foreground
+from volseg.storage.volumes import create_volume
 
 runner = CliRunner()
 
@@ -154,7 +154,7 @@ def test_3d_instances_agree_with_scikit_image(tmp_path):
     ]
     error, precision, recall = adapted_rand_error(truth, pred)
     assert o["adapted_rand_error"] == pytest.approx(error, rel=1e-9)
-    # scikit-image names precision and recall the other way round (volseg.metrics.AdaptedRand)
+    # scikit-image names precision and recall the other way round (volseg.core.metrics.AdaptedRand)
     assert o["adapted_rand_precision"] == pytest.approx(recall) and o["adapted_rand_recall"] == pytest.approx(
         precision
     )
@@ -326,7 +326,7 @@ def test_integer_truth_of_image_or_unknown_kind_is_accepted(tmp_path):
         tmp_path / "p.zarr", np.tile((MEMBRANE == 0) * 255, (2, 1, 1)).astype(np.uint8), kind="probability"
     )
     assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")["overall"]["dice"] == 1
-    from volseg.volume import open_volume
+    from volseg.storage.volumes import open_volume
 
     foreign = open_volume(tmp_path / "t.zarr", mode="r+")  # written by another tool: no volseg block
     del foreign.group.attrs["volseg"]
@@ -468,8 +468,8 @@ def test_no_overlap_or_other_voxel_sizes_are_refused(tmp_path):
 
 
 def test_voxel_offset_reads_the_translation(tmp_path):
-    from volseg.evaluate import voxel_offset
-    from volseg.volume import open_volume
+    from volseg.stages.evaluate import voxel_offset
+    from volseg.storage.volumes import open_volume
 
     _write_placed(tmp_path / "a.zarr", np.zeros((2, 8, 8), np.uint8), "probability", offset=(3, 10, 20))
     _write_placed(tmp_path / "b.zarr", np.zeros((2, 8, 8), np.uint8), "probability")
@@ -496,7 +496,7 @@ def _unplaced_copy(src, dst):
     """A copy of a volume without its OME translation: the reference of a placed evaluation."""
     import shutil
 
-    from volseg.volume import open_volume
+    from volseg.storage.volumes import open_volume
 
     shutil.copytree(src, dst)
     vol = open_volume(dst, mode="r+")
@@ -512,8 +512,8 @@ def _unplaced_copy(src, dst):
 def test_predict_roi_then_segment_then_evaluate_against_the_whole_truth(tmp_path):
     from predict_support import em_like, unet_file, write_volume
 
-    from volseg.predict import predict
-    from volseg.segment import segment
+    from volseg.stages.predict import predict
+    from volseg.stages.segment import segment
 
     image = em_like((4, 64, 80), seed=2)
     write_volume(tmp_path / "img.zarr", image, (2, 32, 32))
@@ -550,8 +550,8 @@ def test_json_url_is_refused_not_taken_as_a_folder(tmp_path, monkeypatch):
 def test_a_raw_image_as_prediction_is_refused(tmp_path):
     from typer.testing import CliRunner
 
-    from volseg.cli import app
-    from volseg.volume import create_volume
+    from volseg.app.cli import app
+    from volseg.storage.volumes import create_volume
 
     paths = []
     for name, kind in (("img.zarr", "image"), ("truth.zarr", "label")):

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from volseg import tiling
+from volseg.core import tiling
 from volseg.errors import OptionError
-from volseg.inference import InferOptions, infer_image, infer_padded, pad_block
-from volseg.model import UNet, UNetConfig, normalize, round_up
+from volseg.nn.inference import InferOptions, infer_image, infer_padded, pad_block
+from volseg.nn.model import UNet, UNetConfig, normalize, round_up
 
 FP32 = dict(precision="fp32", activation="none")
 

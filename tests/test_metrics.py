@@ -1,4 +1,4 @@
-"""volseg.metrics: against scikit-image, against hand-worked cases, block accumulation, properties."""
+"""volseg.core.metrics: against scikit-image, against hand-worked cases, block accumulation, properties."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from volseg.errors import InputError, OptionError
-from volseg.metrics import (
+from volseg.core.metrics import (
     SCRIPT_THRESHOLDS,
     ConfusionCounts,
     Contingency,
@@ -22,6 +21,7 @@ from volseg.metrics import (
     rand_info_scores,
     thin_boundaries,
 )
+from volseg.errors import InputError, OptionError
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 LN2 = math.log(2.0)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from volseg.errors import ModelError, OptionError
-from volseg.model import (
+from volseg.nn.model import (
     FORMAT_VERSION,
     UNet,
     UNetConfig,

@@ -13,10 +13,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from volseg.cli import app
+from volseg.app.cli import app
 from volseg.errors import ModelError
-from volseg.model import FORMAT, UNet, UNetConfig, load_model, read_model_file, save_model
-from volseg.volume import create_volume
+from volseg.nn.model import FORMAT, UNet, UNetConfig, load_model, read_model_file, save_model
+from volseg.storage.volumes import create_volume
 
 runner = CliRunner()
 NORM = {"mode": "meanstd", "mean": 120.0, "std": 30.0}
@@ -212,7 +212,7 @@ def test_pickled_code_is_refused_named_and_not_run(tmp_path, capfd, legacy):
 
 
 def test_pickled_code_without_a_named_global_is_refused(tmp_path):
-    from volseg.model import _unsafe_reason
+    from volseg.nn.model import _unsafe_reason
 
     assert _unsafe_reason("Weights only load failed. GLOBAL posix.system was not allowed") == "posix.system"
     assert _unsafe_reason(

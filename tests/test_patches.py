@@ -10,11 +10,12 @@ import pytest
 import zarr
 from zarr.storage import LocalStore, LoggingStore
 
-from volseg.augment import AugmentConfig
+from volseg.core.augment import AugmentConfig
+from volseg.core.weights import border_weights, instances_from_mask
 from volseg.errors import InputError, OptionError
-from volseg.inference import PAD_MODE
-from volseg.model import normalize
-from volseg.patches import (
+from volseg.nn.inference import PAD_MODE
+from volseg.nn.model import normalize
+from volseg.nn.patches import (
     BatchIndices,
     PatchConfig,
     PatchDataset,
@@ -24,8 +25,7 @@ from volseg.patches import (
     scan_labels,
     split_sections,
 )
-from volseg.synth import synth_block
-from volseg.weights import border_weights, instances_from_mask
+from volseg.stages.synth import synth_block
 
 SHAPE = (6, 96, 96)
 CHUNKS = (1, 32, 32)

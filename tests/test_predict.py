@@ -16,12 +16,12 @@ from predict_support import AddOne, FailOn, Phase, em_like, unet_file, write_vol
 from typer.testing import CliRunner
 
 import volseg
-from volseg.cli import app
+from volseg.app.cli import app
 from volseg.errors import IncompleteRunError, ModelError, OptionError, OutputError
-from volseg.inference import InferOptions, infer_image
-from volseg.model import load_model, model_checksum
-from volseg.predict import PredictOptions, mask_path, plan_prediction, predict
-from volseg.volume import open_volume
+from volseg.nn.inference import InferOptions, infer_image
+from volseg.nn.model import load_model, model_checksum
+from volseg.stages.predict import PredictOptions, mask_path, plan_prediction, predict
+from volseg.storage.volumes import open_volume
 
 runner = CliRunner()
 EXACT = {"dtype": "float32", "activation": "none", "precision": "fp32"}
@@ -415,7 +415,7 @@ def test_gpus_are_shared_out_one_per_worker_thread(monkeypatch):
 
     import torch
 
-    from volseg import predict as stage
+    import volseg.stages.predict as stage
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)

@@ -10,11 +10,11 @@ from cli_support import translate
 from PIL import Image
 from typer.testing import CliRunner
 
-import volseg.preview as pv
-from volseg.cli import app
+import volseg.stages.preview as pv
+from volseg.app.cli import app
 from volseg.errors import InputError, OptionError
-from volseg.preview import GAP, TITLE_HEIGHT, PreviewOptions, label_colours, parse_sections, preview
-from volseg.volume import create_volume
+from volseg.stages.preview import GAP, TITLE_HEIGHT, PreviewOptions, label_colours, parse_sections, preview
+from volseg.storage.volumes import create_volume
 
 runner = CliRunner()
 
@@ -331,7 +331,7 @@ def test_curves_refuse_what_is_not_a_train_log(tmp_path):
 
 
 def test_curves_skip_unusable_lines_of_a_train_log(tmp_path):
-    from volseg.curves import read_log
+    from volseg.storage.curves import read_log
 
     lines = _train_log_lines()
     lines[2:2] = ["", '{"kind": "note", "text": "resumed"}', "[1]", '{"step": "x", "loss": 1}']
@@ -377,8 +377,8 @@ def _mutated_log(lines: list[str], kind: int, rng: np.random.Generator) -> bytes
 def test_curves_of_fuzzed_logs_are_drawn_or_one_error(tmp_path):
     import warnings
 
-    from volseg.curves import plot_curves, read_log
     from volseg.errors import VolsegError
+    from volseg.storage.curves import plot_curves, read_log
 
     rng = np.random.default_rng(7)
     lines = _train_log_lines()

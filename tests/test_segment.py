@@ -11,11 +11,11 @@ from skimage.metrics import adapted_rand_error
 from skimage.segmentation import find_boundaries
 from typer.testing import CliRunner
 
-import volseg.segment as seg
-from volseg.cli import app
+import volseg.stages.segment as seg
+from volseg.app.cli import app
 from volseg.errors import IncompleteRunError, InputError, OptionError, OutputError
-from volseg.segment import SegmentOptions, label_dtype, segment, segment_array, segment_section
-from volseg.volume import create_volume, open_volume
+from volseg.stages.segment import SegmentOptions, label_dtype, segment, segment_array, segment_section
+from volseg.storage.volumes import create_volume, open_volume
 
 runner = CliRunner()
 
@@ -305,7 +305,7 @@ def test_cli_segment(tmp_path):
 def test_cli_defaults_are_the_api_defaults():
     import inspect
 
-    from volseg.cli import segment_cmd
+    from volseg.app.cli import segment_cmd
 
     defaults = SegmentOptions().record()
     params = inspect.signature(segment_cmd).parameters

@@ -9,10 +9,10 @@ import pytest
 from scipy import ndimage as ndi
 from typer.testing import CliRunner
 
-from volseg.cli import app
+from volseg.app.cli import app
 from volseg.errors import OptionError, OutputError
-from volseg.synth import INTERIOR, MEMBRANE, SynthParams, synth, synth_block
-from volseg.volume import open_volume
+from volseg.stages.synth import INTERIOR, MEMBRANE, SynthParams, synth, synth_block
+from volseg.storage.volumes import open_volume
 
 SHAPE = (4, 230, 150)
 

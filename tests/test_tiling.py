@@ -1,4 +1,4 @@
-"""Property tests of the pure block / halo arithmetic (volseg.tiling)."""
+"""Property tests of the pure block / halo arithmetic (volseg.core.tiling)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from volseg import tiling
+from volseg.core import tiling
 from volseg.errors import OptionError
 
 sizes = st.integers(1, 40)

@@ -15,12 +15,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from volseg.cli import app
+from volseg.app.cli import app
 from volseg.errors import OptionError, OutputError
-from volseg.inference import InferOptions, infer_image
-from volseg.model import load_model, read_model_file
-from volseg.synth import synth_block
-from volseg.train import (
+from volseg.nn.inference import InferOptions, infer_image
+from volseg.nn.model import load_model, read_model_file
+from volseg.stages.synth import synth_block
+from volseg.stages.train import (
     TrainConfig,
     TrainingInterrupted,
     load_config_file,
@@ -29,7 +29,7 @@ from volseg.train import (
     train,
     validation_metrics,
 )
-from volseg.volume import create_volume
+from volseg.storage.volumes import create_volume
 
 runner = CliRunner()
 SHAPE = (8, 96, 96)
@@ -157,7 +157,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint(data, tmp_path, monkeypatc
             raise OSError(28, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr("volseg.model.os.replace", broken_replace)
+    monkeypatch.setattr("volseg.nn.model.os.replace", broken_replace)
     with pytest.raises(OutputError, match="No space left on device.*previous file, if any, is intact"):
         run(data, tmp_path / "m.pt", steps=8, val_every=2, resume=True)
     monkeypatch.undo()

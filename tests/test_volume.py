@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from volseg.errors import InputError, OptionError, OutputError
-from volseg.volume import create_volume, open_volume, parse_codec, volume_info
+from volseg.storage.volumes import create_volume, open_volume, parse_codec, volume_info
 
 
 def _fill(vol, data):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from volseg.weights import border_weights, class_weights, instances_from_mask, two_nearest_distances
+from volseg.core.weights import border_weights, class_weights, instances_from_mask, two_nearest_distances
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 

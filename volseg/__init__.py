@@ -1,57 +1,73 @@
 """volseg: U-Net segmentation of electron-microscopy volumes, block by block.
 
-The public API mirrors the CLI; heavy modules (torch, dask.distributed) load on first use.
+The public API mirrors the CLI, one plain function per command::
 
-Each stage lives in a module of the same name (``volseg/synth.py`` defines ``synth``).
-Python binds an imported submodule on its package, which would shadow the function; so
-stage modules are made callable: ``volseg.synth(...)`` calls the function, and
-``volseg.synth.synth_block`` still reaches the module's other names.
+    import volseg
+
+    image = volseg.convert("stack/", "image.zarr")
+    volseg.train("image.zarr", "labels.zarr", "model.pt")
+    volseg.predict("model.pt", "image.zarr", "prob.zarr")
+
+Each name is looked up in the layer that defines it (see ``docs/architecture.md``) on first use, so
+``import volseg`` stays fast and loads neither torch nor dask.distributed.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from volseg.version import __version__
 
-# Stage functions defined in a module of the same name.
-_STAGES = ("convert", "synth", "train", "predict", "segment", "evaluate", "preview", "demo")
-# Other public names -> the module that defines them.
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name loads on first use
+    from volseg.app.demo import demo
+    from volseg.errors import VolsegError
+    from volseg.nn.model import load_model
+    from volseg.stages.convert import convert
+    from volseg.stages.evaluate import evaluate
+    from volseg.stages.predict import predict
+    from volseg.stages.preview import preview
+    from volseg.stages.segment import segment
+    from volseg.stages.synth import synth
+    from volseg.stages.train import train
+    from volseg.storage.volumes import create_volume, open_volume, volume_info
+
+# Public name -> the module that defines it, in the order of the data flow.
 _NAMES = {
-    "open_volume": "volseg.volume",
-    "create_volume": "volseg.volume",
-    "volume_info": "volseg.volume",
-    "load_model": "volseg.model",
+    "synth": "volseg.stages.synth",
+    "convert": "volseg.stages.convert",
+    "train": "volseg.stages.train",
+    "predict": "volseg.stages.predict",
+    "segment": "volseg.stages.segment",
+    "evaluate": "volseg.stages.evaluate",
+    "preview": "volseg.stages.preview",
+    "demo": "volseg.app.demo",
+    "open_volume": "volseg.storage.volumes",
+    "create_volume": "volseg.storage.volumes",
+    "volume_info": "volseg.storage.volumes",
+    "load_model": "volseg.nn.model",
     "VolsegError": "volseg.errors",
 }
 
-__all__ = ["__version__", *_STAGES, *_NAMES]
-
-
-class _CallableModule(types.ModuleType):
-    """A stage module that calls its same-named function when called."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self, self.__name__.rpartition(".")[2])(*args, **kwargs)
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        # The import system binds each loaded submodule here: make stage modules callable.
-        if name in _STAGES and isinstance(value, types.ModuleType) and type(value) is types.ModuleType:
-            value.__class__ = _CallableModule
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+__all__ = [
+    "__version__",
+    "synth",
+    "convert",
+    "train",
+    "predict",
+    "segment",
+    "evaluate",
+    "preview",
+    "demo",
+    "open_volume",
+    "create_volume",
+    "volume_info",
+    "load_model",
+    "VolsegError",
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _STAGES:
-        return importlib.import_module(f"volseg.{name}")
     module = _NAMES.get(name)
     if module is None:
         raise AttributeError(f"module 'volseg' has no attribute {name!r}")

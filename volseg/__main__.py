@@ -1,4 +1,4 @@
-from volseg.cli import main
+from volseg.app.cli import main
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,7 @@ Outputs (for ``-o MODEL.pt``)
 Reproducibility
 ---------------
 Patch ``n = step * batch_size + i`` comes from ``default_rng([seed, n])`` (see
-:mod:`volseg.patches`) whatever the number of DataLoader workers, the model starts from
+:mod:`volseg.nn.patches`) whatever the number of DataLoader workers, the model starts from
 ``torch.manual_seed(seed)``, the learning rate is a pure function of the step (or of the used
 fraction of the time budget), and a checkpoint holds the optimizer and torch RNG states: on
 CPU in fp32, ``N`` steps in one go and ``k`` + resume + ``N - k`` give bitwise equal weights.
@@ -46,11 +46,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from volseg.augment import AugmentConfig
-from volseg.checks import check_device, local_path, output_not_input, require_complete, require_kind
+from volseg.core.augment import AugmentConfig
 from volseg.errors import InputError, ModelError, OptionError, OutputError
-from volseg.inference import PAD_MODE, InferOptions, infer_padded, pad_block
-from volseg.model import (
+from volseg.nn.inference import PAD_MODE, InferOptions, infer_padded, pad_block
+from volseg.nn.model import (
     UNet,
     UNetConfig,
     autocast_context,
@@ -60,7 +59,7 @@ from volseg.model import (
     resolve_precision,
     save_model,
 )
-from volseg.patches import (
+from volseg.nn.patches import (
     BatchIndices,
     IntensityStats,
     LabelSummary,
@@ -71,7 +70,8 @@ from volseg.patches import (
     scan_labels,
     split_sections,
 )
-from volseg.volume import open_volume, provenance
+from volseg.storage.checks import check_device, local_path, output_not_input, require_complete, require_kind
+from volseg.storage.volumes import open_volume, provenance
 
 __all__ = [
     "FOREGROUND_KINDS",
@@ -140,12 +140,12 @@ class TrainConfig:
         AdamW; linear warm-up (``warmup_steps`` or a tenth of the run), then cosine decay to 0.
     augment, augment_prob
         Preset (``none``, ``light``, ``default``, ``heavy``) and per-transform probabilities
-        ``"elastic=0.5,noise=0"`` (see :mod:`volseg.augment`).
+        ``"elastic=0.5,noise=0"`` (see :mod:`volseg.core.augment`).
     loss, w0, sigma
         ``bce_dice`` (default), ``weighted_bce`` (U-Net border weights ``w0``, ``sigma``),
         ``bce`` or ``dice``.
     base_channels, depth, norm, dropout, upsample, context
-        The :class:`volseg.model.UNetConfig`; ``context`` > 0 feeds ``2 * context + 1`` sections.
+        The :class:`volseg.nn.model.UNetConfig`; ``context`` > 0 feeds ``2 * context + 1`` sections.
     device, precision
         ``auto`` | ``cpu`` | ``cuda`` | ``mps`` (or ``cuda:1``); ``auto`` | ``bf16`` | ``fp16`` | ``fp32``.
     workers
@@ -644,7 +644,7 @@ def validation_metrics(prob: np.ndarray, positive: np.ndarray, foreground_kind: 
     are ``prob`` and ``positive``; with ``"object"`` they are ``1 - prob`` and ``~positive``
     (the objects play the cells).
     """
-    from volseg.metrics import ConfusionCounts, isbi_scores
+    from volseg.core.metrics import ConfusionCounts, isbi_scores
 
     if foreground_kind == "boundary":
         membrane, truth_membrane = prob, positive
@@ -666,10 +666,10 @@ def validation_metrics(prob: np.ndarray, positive: np.ndarray, foreground_kind: 
 
 
 class Validator:
-    """Whole held-out sections through :func:`volseg.inference.infer_padded`, the function predict uses.
+    """Whole held-out sections through :func:`volseg.nn.inference.infer_padded`, the function predict uses.
 
     Each run of consecutive held-out sections is read once with ``context`` real neighbours
-    (mirrored beyond the stack ends, :data:`volseg.inference.PAD_MODE`) and padded by the
+    (mirrored beyond the stack ends, :data:`volseg.nn.inference.PAD_MODE`) and padded by the
     default mirrored edge in y and x, exactly as a whole-volume prediction would see it.
     """
 
@@ -1052,7 +1052,7 @@ def _label_convention(config: TrainConfig) -> str:
 
 
 def _plot_quietly(log: Path, png: Path) -> None:
-    from volseg.curves import plot_curves
+    from volseg.storage.curves import plot_curves
 
     try:
         plot_curves(log, png)

@@ -87,7 +87,7 @@ def _write_tiff_stack(volume_path: Path, tif: Path) -> None:
     """Write a volume to a multi-page TIFF section by section (bounded memory)."""
     import tifffile
 
-    from volseg.volume import open_volume
+    from volseg.storage.volumes import open_volume
 
     vol = open_volume(volume_path)
     with tifffile.TiffWriter(tif, bigtiff=vol.array.nbytes > 2**31) as writer:
@@ -161,7 +161,7 @@ def demo(
     DemoResult
         Output paths, seconds per stage, scores; also written to ``out/summary.json``.
     """
-    from volseg.checks import local_path, output_not_input
+    from volseg.storage.checks import local_path, output_not_input
 
     opts = options or DemoOptions()
     _check_options(opts)
@@ -210,7 +210,7 @@ def _source(
 ) -> tuple[Path, Path, Path | None]:
     if opts.data is not None:
         return Path(opts.data[0]), Path(opts.data[1]), None
-    from volseg.synth import synth
+    from volseg.stages.synth import synth
 
     stages.run("synth", lambda: synth(out / "synth", shape=opts.shape, seed=opts.seed))
     image_tif, labels_tif = out / "synth" / "image.tif", out / "synth" / "labels.tif"
@@ -228,7 +228,7 @@ def _source(
 
 
 def _convert(out: Path, image_tif: Path, labels_tif: Path, stages: _Stages, result: DemoResult) -> None:
-    from volseg.convert import convert
+    from volseg.stages.convert import convert
 
     stages.run(
         "convert",
@@ -241,13 +241,13 @@ def _convert(out: Path, image_tif: Path, labels_tif: Path, stages: _Stages, resu
 
 
 def _zsize(out: Path) -> int:
-    from volseg.volume import open_volume
+    from volseg.storage.volumes import open_volume
 
     return open_volume(out / "image.zarr").shape[0]
 
 
 def _train(out: Path, opts: DemoOptions, val: str, stages: _Stages, result: DemoResult) -> None:
-    from volseg.train import train
+    from volseg.stages.train import train
 
     cfg = _train_config(out, opts, val)
     res = stages.run("train", lambda: train(cfg))
@@ -259,7 +259,7 @@ def _train(out: Path, opts: DemoOptions, val: str, stages: _Stages, result: Demo
 
 def _train_config(out: Path, opts: DemoOptions, val: str) -> Any:
     """The training run of the demo (its options are checked when it is made)."""
-    from volseg.train import TrainConfig
+    from volseg.stages.train import TrainConfig
 
     return TrainConfig(
         image=str(out / "image.zarr"),
@@ -281,8 +281,8 @@ def _train_config(out: Path, opts: DemoOptions, val: str) -> Any:
 
 
 def _predict_segment(out: Path, stages: _Stages, result: DemoResult) -> None:
-    from volseg.predict import predict
-    from volseg.segment import segment
+    from volseg.stages.predict import predict
+    from volseg.stages.segment import segment
 
     stages.run("predict", lambda: predict(str(out / "model.pt"), out / "image.zarr", out / "prob.zarr"))
     stages.run("segment", lambda: segment(out / "prob.zarr", out / "cells.zarr"))
@@ -290,7 +290,7 @@ def _predict_segment(out: Path, stages: _Stages, result: DemoResult) -> None:
 
 
 def _evaluate(out: Path, val: str, cells_truth: Path | None, stages: _Stages, result: DemoResult) -> None:
-    from volseg.evaluate import evaluate
+    from volseg.stages.evaluate import evaluate
 
     def run() -> None:
         prob = evaluate(
@@ -311,7 +311,7 @@ def _evaluate(out: Path, val: str, cells_truth: Path | None, stages: _Stages, re
 
 
 def _preview(out: Path, val: str, stages: _Stages, result: DemoResult) -> None:
-    from volseg.preview import PreviewOptions, preview
+    from volseg.stages.preview import PreviewOptions, preview
 
     a, b = (int(v) for v in val.split(":"))
     sections: Sequence[int] = list(range(a, b))[:3]

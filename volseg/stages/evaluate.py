@@ -4,13 +4,13 @@ Two kinds of evaluation, chosen by the prediction's kind:
 
 binary (a probability or mask volume)
     Pixel error, Dice, IoU, precision and recall of the positive class at probability
-    0.5 (:class:`volseg.metrics.ConfusionCounts`), and the ISBI 2012 scores V_rand and
-    V_info (:func:`volseg.metrics.isbi_scores`: foreground-restricted, after border
+    0.5 (:class:`volseg.core.metrics.ConfusionCounts`), and the ISBI 2012 scores V_rand and
+    V_info (:func:`volseg.core.metrics.isbi_scores`: foreground-restricted, after border
     thinning, best over thresholds 0.0..1.0 in steps of 0.1), per section and overall.
 instance (a label volume, e.g. from ``volseg segment``)
     Adapted Rand error (with its precision and recall), variation of information (split,
     merge) and the foreground-restricted V_rand and V_info, accumulated in one streaming
-    :class:`volseg.metrics.Contingency` over the sections. The truth is either instance
+    :class:`volseg.core.metrics.Contingency` over the sections. The truth is either instance
     labels (a label volume) or a binary truth whose cells are the 4-connected components
     of the non-membrane pixels of each section.
 
@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import scipy.ndimage as ndi
 
-from volseg.checks import local_path, output_not_input, recorded_kind, require_kind, same_file
+from volseg.core.sections import parse_sections
 from volseg.errors import InputError, OptionError, OutputError
-from volseg.sections import parse_sections
-from volseg.volume import Volume, open_volume, overlap_region, voxel_offset
+from volseg.storage.checks import local_path, output_not_input, recorded_kind, require_kind, same_file
+from volseg.storage.volumes import Volume, open_volume, overlap_region, voxel_offset
 
 __all__ = [
     "EvaluateOptions",
@@ -179,7 +179,7 @@ class _Sections:
 
 def _probability(vol: Volume) -> Callable[[np.ndarray], np.ndarray]:
     """Raw section -> probability of the positive class (float32 0..1), or a bool mask."""
-    from volseg.segment import value_scale
+    from volseg.stages.segment import value_scale
 
     dtype = vol.dtype
     if dtype == np.bool_ or vol.kind == "mask":
@@ -197,7 +197,7 @@ def _settings(pred: Volume, truth: Volume, opts: EvaluateOptions) -> tuple[tuple
 
     Returns the foreground values, their kind, and where the values came from (for messages).
     """
-    from volseg.segment import recorded_convention
+    from volseg.stages.segment import recorded_convention
 
     recorded = recorded_convention(pred)
     source = "recorded in PRED's metadata"
@@ -292,7 +292,7 @@ def _sections_text(sections: Sequence[int]) -> str:
 
 # ----------------------------------------------------------------------- binary
 def _pixel_section(pred: _Sections, truth_pos: _Sections, i: int, threshold: float):
-    from volseg.metrics import ConfusionCounts
+    from volseg.core.metrics import ConfusionCounts
 
     return ConfusionCounts.from_arrays(pred[i], truth_pos[i], threshold)
 
@@ -308,7 +308,7 @@ def _binary(
 ) -> tuple[dict, list[dict], dict]:
     import dask
 
-    from volseg.metrics import ConfusionCounts, isbi_scores
+    from volseg.core.metrics import ConfusionCounts, isbi_scores
 
     pz = [z - place.pred_at[0] for z in sections]
     tz = [z - place.truth_at[0] for z in sections]
@@ -383,7 +383,7 @@ def _instance_section(
 
     ``z`` is the section in the common frame; both volumes are read over the overlap only.
     """
-    from volseg.metrics import Contingency
+    from volseg.core.metrics import Contingency
 
     p = np.asarray(pred.array[(z - place.pred_at[0], *place.plane(place.pred_at))])
     t = np.asarray(truth.array[(z - place.truth_at[0], *place.plane(place.truth_at))])
@@ -423,7 +423,7 @@ def _instance(
 ) -> tuple[dict, list[dict], dict]:
     import dask
 
-    from volseg.metrics import Contingency
+    from volseg.core.metrics import Contingency
 
     mode = opts.instance_mode
     if mode == "auto":

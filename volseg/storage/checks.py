@@ -31,7 +31,7 @@ import numpy as np
 from volseg.errors import InputError, OptionError, OutputError
 
 if TYPE_CHECKING:
-    from volseg.volume import Volume
+    from volseg.storage.volumes import Volume
 
 __all__ = [
     "ImageCheck",

@@ -1001,7 +1001,7 @@ def _check_volume_args(shape: Any, seed: Any, chunks: Any) -> tuple[tuple[int, .
 
 def _create(out: Path, shape, chunks, voxel_size, codec, overwrite, config) -> list[Any]:
     from volseg.errors import OutputError
-    from volseg.volume import create_volume, provenance
+    from volseg.storage.volumes import create_volume, provenance
 
     existing = [out / n for n in NAMES if (out / n).exists()]
     if existing and not overwrite:
@@ -1059,7 +1059,7 @@ def synth(
     voxel_size
         Physical voxel size ``(z, y, x)`` in nanometres, recorded in the metadata.
     codec
-        Compression (see :func:`volseg.volume.parse_codec`); default ``blosc-zstd``.
+        Compression (see :func:`volseg.storage.volumes.parse_codec`); default ``blosc-zstd``.
     params
         Appearance and dynamics; defaults mimic ISBI 2012.
     workers
@@ -1081,7 +1081,7 @@ def synth(
     shape, seed, chunks = _check_volume_args(shape, seed, chunks)
     params = params or SynthParams()
     params.validate()
-    from volseg.volume import DEFAULT_CODEC
+    from volseg.storage.volumes import DEFAULT_CODEC
 
     out = Path(out)
     config = {"shape": list(shape), "seed": seed, "params": asdict(params)}

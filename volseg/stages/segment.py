@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 import scipy.ndimage as ndi
 
-from volseg.checks import output_not_input, recorded_kind, require_complete, require_kind
 from volseg.errors import IncompleteRunError, InputError, OptionError, OutputError
-from volseg.volume import Volume, block_slices, create_volume, open_volume, provenance
+from volseg.storage.checks import output_not_input, recorded_kind, require_complete, require_kind
+from volseg.storage.volumes import Volume, block_slices, create_volume, open_volume, provenance
 
 __all__ = [
     "SegmentOptions",
@@ -800,7 +800,7 @@ def segment(
         Continue an interrupted run: the done blocks are kept, the others are written.
         Refused when the output was made from another input or with other options.
     codec
-        Output codec (see :func:`volseg.volume.parse_codec`).
+        Output codec (see :func:`volseg.storage.volumes.parse_codec`).
     scheduler, workers
         Dask scheduler (``"threads"``, ``"processes"``, ``"synchronous"``; default: the
         active one, e.g. a ``distributed.Client``) and its number of workers.

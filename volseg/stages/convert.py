@@ -4,7 +4,7 @@ A *band* is one chunk's depth of sections (``chunks[0]``, 1 by default). The
 converter reads one band at a time (page by page from a multi-page TIFF, file by
 file from a folder; from an uncompressed TIFF only a few rows of chunks of it at a
 time), stores every block that is not done yet, records each one as done
-(:meth:`volseg.volume.Volume.mark_done`) once it is on disk, and reuses its buffer.
+(:meth:`volseg.storage.volumes.Volume.mark_done`) once it is on disk, and reuses its buffer.
 Peak memory is therefore at most one band, whatever the stack's depth. The output's
 status becomes ``complete`` only after the last block.
 
@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from volseg.checks import local_path, output_not_input
 from volseg.errors import InputError, OptionError, OutputError, VolsegError
-from volseg.volume import (
+from volseg.storage.checks import local_path, output_not_input
+from volseg.storage.volumes import (
     DEFAULT_CODEC,
     KINDS,
     Volume,

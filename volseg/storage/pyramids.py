@@ -8,7 +8,7 @@ import dask.array as da
 import numpy as np
 
 if TYPE_CHECKING:
-    from volseg.volume import Volume
+    from volseg.storage.volumes import Volume
 
 
 def downsample2(block: np.ndarray, method: str) -> np.ndarray:

@@ -18,9 +18,9 @@ are computed once per training section and kept in a cache bounded by the same l
 
 Intensities
 -----------
-The augmentations assume intensities in about ``[0, 1]`` (see :mod:`volseg.augment`), so a
+The augmentations assume intensities in about ``[0, 1]`` (see :mod:`volseg.core.augment`), so a
 patch is scaled by ``(raw - lo) / (hi - lo)``, augmented, scaled back to raw units and only
-then normalised with the model's ``(raw - mean) / std`` (:func:`volseg.model.normalize`), so
+then normalised with the model's ``(raw - mean) / std`` (:func:`volseg.nn.model.normalize`), so
 that training and inference see the same normalisation of the same raw values.
 """
 
@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from volseg.augment import AugmentConfig, Augmenter
+from volseg.core.augment import AugmentConfig, Augmenter
+from volseg.core.tiling import pad_indices
+from volseg.core.weights import border_weights, instances_from_mask
 from volseg.errors import InputError, OptionError
-from volseg.inference import PAD_MODE
-from volseg.model import normalize
-from volseg.tiling import pad_indices
-from volseg.weights import border_weights, instances_from_mask
+from volseg.nn.inference import PAD_MODE
+from volseg.nn.model import normalize
 
 __all__ = [
     "BatchIndices",
@@ -301,7 +301,7 @@ class PatchConfig:
         Base seed; patch ``n`` comes from ``default_rng([seed, n])``.
     context
         Neighbouring sections on each side fed as channels (2.5-D); beyond the stack ends
-        sections are mirrored as :func:`volseg.inference.infer_image` mirrors them.
+        sections are mirrored as :func:`volseg.nn.inference.infer_image` mirrors them.
     augment
         Augmentation probabilities and ranges.
     min_foreground, max_attempts

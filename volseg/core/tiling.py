@@ -16,7 +16,7 @@ chunk still has exactly one writer.
 Seam-free windows
 -----------------
 The model is a 2-D U-Net whose pooling grid must line up with the whole-section reference
-(:func:`volseg.inference.infer_image`), which extends the section by ``edge`` mirrored pixels
+(:func:`volseg.nn.inference.infer_image`), which extends the section by ``edge`` mirrored pixels
 and tiles from there. A block whose inner region starts at global ``y0`` therefore computes
 from the aligned origin ``floor(y0 / divisor) * divisor`` (at most ``divisor - 1`` extra
 pixels) and reads ``halo`` more pixels on each side, but never beyond the section's frame

@@ -17,7 +17,7 @@ label-like arrays
     bool) arrays -- labels -- are moved by exact index permutation or
     nearest-neighbour lookup, so they keep their dtype and never gain a value.
     Floating arrays -- for example the border weight map of
-    :func:`volseg.weights.border_weights` -- are resampled linearly.
+    :func:`volseg.core.weights.border_weights` -- are resampled linearly.
 
 :class:`Augmenter` takes ``label`` as one array or as a tuple of label-like
 arrays, ``Augmenter(config)(image, (label, weight), rng)``, and gives back the

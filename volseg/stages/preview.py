@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from volseg.checks import local_path, output_not_input
+from volseg.core.sections import parse_sections
 from volseg.errors import InputError, OptionError, OutputError
-from volseg.sections import parse_sections
-from volseg.volume import Volume, open_volume, overlap_region, voxel_offset
+from volseg.storage.checks import local_path, output_not_input
+from volseg.storage.volumes import Volume, open_volume, overlap_region, voxel_offset
 
 __all__ = ["PreviewOptions", "choose_level", "label_colours", "parse_sections", "preview", "stretch"]
 
@@ -170,7 +170,7 @@ def _kind(vol: Volume) -> str:
 
 
 def _probability(vol: Volume, section: np.ndarray) -> np.ndarray:
-    from volseg.segment import value_scale
+    from volseg.stages.segment import value_scale
 
     scale, offset = value_scale(vol)
     return np.clip(section.astype(np.float32) * np.float32(scale) + np.float32(offset), 0.0, 1.0)
@@ -488,12 +488,12 @@ def _overlay_panel(
 
 # ---------------------------------------------------------------------- curves
 def _curves(log: Path, out: Path) -> dict[str, Any]:
-    """Training curves from a train log (``MODEL.log.jsonl``), drawn by :mod:`volseg.curves`.
+    """Training curves from a train log (``MODEL.log.jsonl``), drawn by :mod:`volseg.storage.curves`.
 
-    The log is checked before anything is written (:func:`volseg.curves.read_log`): a missing
+    The log is checked before anything is written (:func:`volseg.storage.curves.read_log`): a missing
     path, a folder, a binary file or one without a step record ends in one :class:`InputError`
     line and leaves no PNG behind.
     """
-    from volseg.curves import plot_curves
+    from volseg.storage.curves import plot_curves
 
     return {"path": str(plot_curves(log, out))}

@@ -177,7 +177,7 @@ def _versions() -> dict[str, str]:
 
     import tifffile
 
-    from volseg import __version__
+    from volseg.version import __version__
 
     return {
         "volseg": __version__,
@@ -600,13 +600,13 @@ class Volume:
     # ---- pyramid
     def add_pyramid(self, levels: int, *, method: str = "mean") -> None:
         """Write 2-D (y, x) downsampled levels ``1..levels`` (factor 2 each), chunk by chunk."""
-        from volseg.pyramid import write_levels
+        from volseg.storage.pyramids import write_levels
 
         write_levels(self, levels, method=method)
 
 
 def _check_local(path: str | os.PathLike) -> Path:
-    from volseg.checks import local_path
+    from volseg.storage.checks import local_path
 
     return local_path(path, "the volume")
 

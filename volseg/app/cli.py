@@ -26,8 +26,8 @@ try:
 except ImportError:  # pragma: no cover
     ClickAbort = getattr(click_errors, "Abort", KeyboardInterrupt)
 
-from volseg import __version__
 from volseg.errors import OptionError, VolsegError
+from volseg.version import __version__
 
 
 class _Group(TyperGroup):
@@ -175,13 +175,13 @@ def info(
 
     Example: volseg info image.zarr
     """
-    from volseg.volume import volume_info
+    from volseg.storage.volumes import volume_info
 
     data = volume_info(volume)
     if as_json:
         echo_json(data)
         return
-    from volseg._report import print_info
+    from volseg.app.report import print_info
 
     print_info(data)
 
@@ -219,7 +219,7 @@ def demo_cmd(
 
     Example: volseg demo --out demo-out --minutes 3
     """
-    from volseg.demo import DemoOptions, demo
+    from volseg.app.demo import DemoOptions, demo
 
     base = DemoOptions.quick() if quick else DemoOptions()
     zyx = parse_ints(shape, "--shape") if not quick or shape != "12,512,512" else base.shape
@@ -245,7 +245,7 @@ def demo_cmd(
     if as_json:
         echo_json(result.to_dict())
     else:
-        from volseg._report import print_demo_summary
+        from volseg.app.report import print_demo_summary
 
         print_demo_summary(result.to_dict())
 
@@ -287,7 +287,7 @@ def synth_cmd(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from volseg.synth import synth
+    from volseg.stages.synth import synth
 
     columns = (
         TextColumn("synth"),
@@ -476,7 +476,7 @@ def train_cmd(
     Example: volseg train image.zarr labels.zarr -o model.pt --val-slices 25:30 --time-limit 20m
     """
     options = {k: v.value if isinstance(v, enum.Enum) else v for k, v in locals().items() if k != "config"}
-    from volseg.train import TrainingInterrupted, train
+    from volseg.stages.train import TrainingInterrupted, train
 
     options.update({k: str(options[k]) for k in ("image", "labels", "output") if options[k] is not None})
     try:
@@ -617,7 +617,7 @@ def segment_cmd(
     """
     import time
 
-    from volseg.segment import SegmentOptions, segment
+    from volseg.stages.segment import SegmentOptions, segment
 
     opts = SegmentOptions(
         mode=mode.value,
@@ -745,7 +745,7 @@ def evaluate_cmd(
 
     Example: volseg evaluate prob.zarr labels.zarr --foreground 0 --sections 25:30 --json report.json
     """
-    from volseg.evaluate import EvaluateOptions, evaluate, parse_foreground, print_report
+    from volseg.stages.evaluate import EvaluateOptions, evaluate, parse_foreground, print_report
 
     opts = EvaluateOptions(
         foreground=parse_foreground(foreground),
@@ -809,9 +809,9 @@ def preview_cmd(
 
     Example: volseg preview image.zarr --overlay cells.zarr --sections 0:30:10 -o preview.png
     """
-    from volseg.preview import PreviewOptions, preview
-    from volseg.sections import parse_sections
-    from volseg.volume import open_volume
+    from volseg.core.sections import parse_sections
+    from volseg.stages.preview import PreviewOptions, preview
+    from volseg.storage.volumes import open_volume
 
     if level != "auto" and not level.isdigit():
         raise OptionError(f"--level {level!r}: use auto or a level number such as 2")
@@ -960,7 +960,7 @@ def predict_cmd(
 
     Example: volseg predict model.pt image.zarr prob.zarr --threshold 0.5
     """
-    from volseg.predict import PredictOptions, predict
+    from volseg.stages.predict import PredictOptions, predict
 
     options = PredictOptions(
         tile=tile,
@@ -1071,7 +1071,7 @@ def convert_cmd(
 
     Example: volseg convert train-volume.tif image.zarr --voxel-size 50,4,4
     """
-    from volseg.convert import convert
+    from volseg.stages.convert import convert
 
     vol = convert(
         src,
@@ -1106,7 +1106,7 @@ def refuse_urls(args: list[str]) -> None:
     Object storage is not supported yet; every argument that looks like ``scheme://...`` is
     refused with one line, except the values of :data:`_URL_OPTIONS`.
     """
-    from volseg.checks import looks_like_url
+    from volseg.storage.checks import looks_like_url
 
     previous = ""
     for arg in args:

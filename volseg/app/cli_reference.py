@@ -1,6 +1,6 @@
 """Generate docs/cli.md from the typer app, so the reference never drifts from the code.
 
-Run ``python -m volseg._cli_reference > docs/cli.md``; tests/test_docs.py checks it is current.
+Run ``python -m volseg.app.cli_reference > docs/cli.md``; tests/test_docs.py checks it is current.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ def _param_row(p) -> str:
 
 
 def render() -> str:
-    root = typer.main.get_command(__import__("volseg.cli", fromlist=["app"]).app)
+    root = typer.main.get_command(__import__("volseg.app.cli", fromlist=["app"]).app)
     lines = [
         "# CLI reference",
         "",
-        "Generated from the code by `python -m volseg._cli_reference > docs/cli.md`; "
+        "Generated from the code by `python -m volseg.app.cli_reference > docs/cli.md`; "
         "a test keeps it current.",
         "",
         "Global options (before the command): `--version`, "

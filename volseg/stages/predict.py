@@ -2,21 +2,21 @@
 
 The composition
 ---------------
-1. **Plan** (:func:`plan_prediction`, pure arithmetic from :mod:`volseg.tiling`): the output
+1. **Plan** (:func:`plan_prediction`, pure arithmetic from :mod:`volseg.core.tiling`): the output
    volume has the ROI's shape and is stored in chunks; chunks are grouped into *blocks* (the
    unit of work of one task), each chunk in exactly one block.
 2. **Graph**: one ``dask.delayed`` task per block that still has a chunk without a completion
    marker (done blocks are not in the graph). Each task reads its own input window straight
    from the image volume (so no image data travels through the scheduler), runs
-   :func:`volseg.inference.infer_padded`, crops, converts and writes each of its chunks once with
-   :meth:`volseg.volume.Volume.write_block`, which records a chunk as done only after its data
+   :func:`volseg.nn.inference.infer_padded`, crops, converts and writes each of its chunks once with
+   :meth:`volseg.storage.volumes.Volume.write_block`, which records a chunk as done only after its data
    is stored. A task returns a few numbers, never arrays.
 3. **Run** on dask's local schedulers (threads, processes, synchronous) or a
    ``dask.distributed`` cluster (a running scheduler, or a ``LocalCluster`` started here).
 
 Seam-free by construction: a block's window is its inner region extended down to the global
 pooling grid, plus the halo on each side, mirrored at the volume's edges exactly as
-:func:`volseg.inference.infer_image` pads a whole section (see :mod:`volseg.tiling`).
+:func:`volseg.nn.inference.infer_image` pads a whole section (see :mod:`volseg.core.tiling`).
 
 The model is loaded once per worker process (a module-level cache keyed by the model file's
 checksum), never pickled into tasks; torch's thread count is set so that dask's parallel
@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from volseg import tiling
+from volseg.core import tiling
 from volseg.errors import IncompleteRunError, ModelError, OptionError, OutputError, VolsegError
-from volseg.volume import Volume, create_volume, open_volume, provenance
+from volseg.storage.volumes import Volume, create_volume, open_volume, provenance
 
 __all__ = [
     "DTYPES",
@@ -84,7 +84,7 @@ class PredictOptions:
         Context (px) on each side of a tile; ``None``: the model's default halo.
     edge
         Mirrored context (px, a multiple of the divisor) at the volume's edges in y and x, at
-        most the halo; ``None``: :data:`volseg.inference.DEFAULT_EDGE` (0: the network's own
+        most the halo; ``None``: :data:`volseg.nn.inference.DEFAULT_EDGE` (0: the network's own
         zero padding, as on every training patch).
     batch_size
         Tiles per forward pass; ``None``: 1 on CPU (no faster batched, and the activations'
@@ -129,7 +129,7 @@ class PredictOptions:
         Normalise the image by its own sampled mean and standard deviation instead of the
         training images', mapping its values onto the training range: for an image of another
         dtype or brightness than the model was trained on (otherwise refused, see
-        :func:`volseg.checks.image_for_model`).
+        :func:`volseg.storage.checks.image_for_model`).
     progress
         Show a progress bar (blocks, Mvox/s, ETA) on stderr.
     """
@@ -157,8 +157,8 @@ class PredictOptions:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        from volseg.inference import ACTIVATIONS
-        from volseg.model import PRECISIONS
+        from volseg.nn.inference import ACTIVATIONS
+        from volseg.nn.model import PRECISIONS
 
         def need(ok: bool, message: str) -> None:
             if not ok:
@@ -256,7 +256,7 @@ class Job:
     edge: int
     divisor: int
     context: int
-    infer: Any  # volseg.inference.InferOptions
+    infer: Any  # volseg.nn.inference.InferOptions
     normalization: dict[str, Any] | None
     dtype: str
     threshold: float | None
@@ -313,7 +313,7 @@ class Plan:
 
     def describe(self) -> list[str]:
         """The plan in a few lines (``--dry-run``)."""
-        from volseg._report import human_bytes
+        from volseg.app.report import human_bytes
 
         zyx = lambda v: " x ".join(map(str, v))  # noqa: E731
         roi = ",".join(f"{a}:{b}" for a, b in self.roi)
@@ -412,7 +412,7 @@ _MODELS_LOCK = threading.Lock()
 
 def _model_info(model: Any) -> tuple[_ModelInfo, Any]:
     """Load (or accept) the model, check it, and name it by checksum."""
-    from volseg.model import load_model, model_checksum
+    from volseg.nn.model import load_model, model_checksum
 
     if isinstance(model, (str, os.PathLike)):
         path = Path(model).resolve()
@@ -457,7 +457,7 @@ def _worker_model(job: Job) -> tuple[Any, Any]:
 
     import torch
 
-    from volseg.model import load_model, prepare_for_inference
+    from volseg.nn.model import load_model, prepare_for_inference
 
     threads = job.torch_threads
     if isinstance(threads, dict):
@@ -596,7 +596,7 @@ def predict_block(model: Any, job: Job, block: tiling.Block, array: Any, infer: 
 
     ``infer``: the inference options (default ``job.infer``), with this worker's device.
     """
-    from volseg.inference import infer_padded
+    from volseg.nn.inference import infer_padded
 
     padded, (cy, cx), margins = read_window(array, job, block)
     probs = infer_padded(model, padded, job.halo, infer or job.infer, job.normalization, margins)
@@ -662,8 +662,8 @@ def _resolve_roi(options: PredictOptions, shape: Sequence[int]) -> tiling.Roi:
 
 def _check_tile_halo(options: PredictOptions, info: _ModelInfo) -> tuple[int | None, int, int]:
     """Tile (None: chosen with the block), halo and mirrored edge, checked against the model."""
-    from volseg.inference import DEFAULT_EDGE
-    from volseg.model import check_size
+    from volseg.nn.inference import DEFAULT_EDGE
+    from volseg.nn.model import check_size
 
     if options.tile is not None:
         check_size(options.tile, info.divisor, "--tile")  # names the nearest valid tiles
@@ -751,8 +751,8 @@ def plan_prediction(
 
 
 def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Plan, Any]:
-    from volseg import checks
-    from volseg.model import resolve_device, resolve_precision
+    from volseg.nn.model import resolve_device, resolve_precision
+    from volseg.storage import checks
 
     if not (options.scheduler and "://" in options.scheduler):  # a cluster's workers are probed instead
         checks.check_device(options.device)
@@ -882,7 +882,7 @@ def _size_blocks(
     shrinking the block's depth, then its extent, then (unless ``--tile``) the tile, then
     (on a GPU, unless ``--batch-size``) the batch.
     """
-    from volseg.model import round_up
+    from volseg.nn.model import round_up
 
     gpu = device not in ("cpu", "mps")
     default = 4 if gpu else 1
@@ -908,7 +908,7 @@ def _size_blocks(
             if tile or t_max <= info.divisor:
                 break
             t_max = max(info.divisor, round_up(t_max // 2, info.divisor))
-    from volseg._report import human_bytes
+    from volseg.app.report import human_bytes
 
     raise OptionError(
         f"--memory-limit {human_bytes(options.memory_limit or 0)}: too small, the smallest plan needs about "
@@ -1192,7 +1192,7 @@ def _client(options: PredictOptions, memory_limit: int | None) -> Iterator[Any]:
 def _worker_probe(device: str, precision: str) -> dict[str, Any]:
     import socket
 
-    from volseg.model import resolve_device, resolve_precision
+    from volseg.nn.model import resolve_device, resolve_precision
 
     try:
         dev = resolve_device(device).type
@@ -1348,7 +1348,7 @@ def _registered(info: _ModelInfo, module: Any) -> Iterator[None]:
 
 
 def _job(plan: Plan, info: _ModelInfo, options: PredictOptions, torch_threads: Any, catch: bool) -> Job:
-    from volseg.inference import PAD_MODE, InferOptions
+    from volseg.nn.inference import PAD_MODE, InferOptions
 
     infer = InferOptions(
         tile=plan.tile,

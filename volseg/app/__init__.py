@@ -1,0 +1,1 @@
+"""The application layer: the typer CLI (commands only), the demo, terminal reports and progress bars."""
