@@ -1,4 +1,4 @@
-"""The entry checks of every stage (volseg/storage/checks.py), each through the command a user types.
+"""The entry checks of every stage (volseg/storage/paths.py), each through the command a user types.
 
 Each test reproduces a failure a fuzzing pass found (issue 9): an input deleted by --overwrite,
 an image the model was not trained for, a missing chunk read as zeros, a device torch lacks,
@@ -24,7 +24,7 @@ from predict_support import em_like, unet_file, write_volume
 import volseg
 from volseg.errors import InputError, OptionError, OutputError
 from volseg.nn.model import UNet, UNetConfig, save_model
-from volseg.storage import checks
+from volseg.storage import paths as checks
 from volseg.storage.volumes import create_volume, open_volume, volume_info
 
 

@@ -1106,7 +1106,7 @@ def refuse_urls(args: list[str]) -> None:
     Object storage is not supported yet; every argument that looks like ``scheme://...`` is
     refused with one line, except the values of :data:`_URL_OPTIONS`.
     """
-    from volseg.storage.checks import looks_like_url
+    from volseg.storage.paths import looks_like_url
 
     previous = ""
     for arg in args:

@@ -161,7 +161,7 @@ def demo(
     DemoResult
         Output paths, seconds per stage, scores; also written to ``out/summary.json``.
     """
-    from volseg.storage.checks import local_path, output_not_input
+    from volseg.storage.paths import local_path, output_not_input
 
     opts = options or DemoOptions()
     _check_options(opts)

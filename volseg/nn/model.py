@@ -391,7 +391,7 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    from volseg.storage.checks import check_device
+    from volseg.storage.paths import check_device
 
     check_device(device)  # one line naming what this torch was built with, for a device it lacks
     try:

@@ -40,7 +40,7 @@ import numpy as np
 import tifffile
 
 from volseg.errors import InputError, OptionError, OutputError, VolsegError
-from volseg.storage.checks import local_path, output_not_input
+from volseg.storage.paths import local_path, output_not_input
 from volseg.storage.volumes import (
     DEFAULT_CODEC,
     KINDS,

@@ -37,7 +37,8 @@ import scipy.ndimage as ndi
 
 from volseg.core.sections import parse_sections
 from volseg.errors import InputError, OptionError, OutputError
-from volseg.storage.checks import local_path, output_not_input, recorded_kind, require_kind, same_file
+from volseg.storage.conventions import recorded_kind, require_kind
+from volseg.storage.paths import local_path, output_not_input, same_file
 from volseg.storage.volumes import Volume, open_volume, overlap_region, voxel_offset
 
 __all__ = [

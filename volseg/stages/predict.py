@@ -129,7 +129,7 @@ class PredictOptions:
         Normalise the image by its own sampled mean and standard deviation instead of the
         training images', mapping its values onto the training range: for an image of another
         dtype or brightness than the model was trained on (otherwise refused, see
-        :func:`volseg.storage.checks.image_for_model`).
+        :func:`volseg.storage.paths.image_for_model`).
     progress
         Show a progress bar (blocks, Mvox/s, ETA) on stderr.
     """
@@ -752,7 +752,8 @@ def plan_prediction(
 
 def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Plan, Any]:
     from volseg.nn.model import resolve_device, resolve_precision
-    from volseg.storage import checks
+    from volseg.storage import conventions
+    from volseg.storage import paths as checks
 
     if not (options.scheduler and "://" in options.scheduler):  # a cluster's workers are probed instead
         checks.check_device(options.device)
@@ -764,14 +765,14 @@ def _plan(model: Any, image: Any, out: Any, options: PredictOptions) -> tuple[Pl
     checks.output_not_input({"OUT": out, "mask": mask}, {"input IMAGE": image, "model": model_path})
     info, module = _model_info(model)
     source = open_volume(image)  # InputError: missing / not a volume
-    checks.require_kind(
+    conventions.require_kind(
         source,
         ("image",),
         "predict's IMAGE",
         "pass the image volume (from 'volseg convert' or 'volseg synth')",
         unknown_ok=True,
     )
-    checks.require_complete(source, "IMAGE")
+    conventions.require_complete(source, "IMAGE")
     tile, halo, edge = _check_tile_halo(options, info)
     roi = _resolve_roi(options, source.shape)
     fit = checks.image_for_model(

@@ -24,7 +24,7 @@ import numpy as np
 
 from volseg.core.sections import parse_sections
 from volseg.errors import InputError, OptionError, OutputError
-from volseg.storage.checks import local_path, output_not_input
+from volseg.storage.paths import local_path, output_not_input
 from volseg.storage.volumes import Volume, open_volume, overlap_region, voxel_offset
 
 __all__ = ["PreviewOptions", "choose_level", "label_colours", "parse_sections", "preview", "stretch"]

@@ -44,7 +44,8 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from volseg.errors import IncompleteRunError, InputError, OptionError, OutputError
-from volseg.storage.checks import output_not_input, recorded_kind, require_complete, require_kind
+from volseg.storage.conventions import recorded_kind, require_complete, require_kind
+from volseg.storage.paths import output_not_input
 from volseg.storage.volumes import Volume, block_slices, create_volume, open_volume, provenance
 
 __all__ = [

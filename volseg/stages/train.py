@@ -70,7 +70,8 @@ from volseg.nn.patches import (
     scan_labels,
     split_sections,
 )
-from volseg.storage.checks import check_device, local_path, output_not_input, require_complete, require_kind
+from volseg.storage.conventions import require_complete, require_kind
+from volseg.storage.paths import check_device, local_path, output_not_input
 from volseg.storage.volumes import open_volume, provenance
 
 __all__ = [

@@ -76,7 +76,7 @@ def _record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
 
 
 def _check_path(path: Path) -> None:
-    from volseg.storage.checks import local_path
+    from volseg.storage.paths import local_path
 
     local_path(path, "--curves")  # URLs, empty, non-UTF-8 and over-long names: one line
     if not path.exists():

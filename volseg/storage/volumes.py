@@ -606,7 +606,7 @@ class Volume:
 
 
 def _check_local(path: str | os.PathLike) -> Path:
-    from volseg.storage.checks import local_path
+    from volseg.storage.paths import local_path
 
     return local_path(path, "the volume")
 

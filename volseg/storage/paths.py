@@ -1,4 +1,4 @@
-"""The checks every stage makes at its entry, in one place.
+"""The path checks every stage makes at its entry (kinds: :mod:`volseg.storage.conventions`).
 
 Each check raises a :class:`~volseg.errors.VolsegError` whose message is one line that
 names the input, says what is wrong and what to do (the CLI prints it and exits 2), and
@@ -8,9 +8,6 @@ runs before any output exists, so a refused run leaves nothing that looks comple
   being taken as a folder named ``s3:``.
 - :func:`output_not_input`: an output is never an input, inside one, or above one (same path,
   symlinks, ``..`` routes and hard links included), so ``--overwrite`` can never delete an input.
-- :func:`require_kind`: what a volume holds (image, probability, label, mask), as its
-  metadata records it, against what the stage needs.
-- :func:`require_complete`: an input that an unfinished run wrote is refused.
 - :func:`check_device`: the torch device exists in this torch build and on this machine.
 - :func:`image_for_model`: an image's dtype and value range against what the model was
   trained on (refused when far off, a warning for a moderate brightness shift).
@@ -40,9 +37,6 @@ __all__ = [
     "local_path",
     "looks_like_url",
     "output_not_input",
-    "recorded_kind",
-    "require_complete",
-    "require_kind",
     "same_file",
 ]
 
@@ -156,63 +150,6 @@ def output_not_input(outputs: _Named, inputs: _Named) -> None:
 
 
 # --------------------------------------------------------------------------- volumes
-def recorded_kind(vol: Volume) -> str | None:
-    """The kind the volume's metadata records (image, probability, label, mask), else None.
-
-    ``None`` for volumes written by other tools (no ``volseg`` block), whose kind is unknown.
-    """
-    meta = vol.meta
-    kind = meta.get("kind") if meta else None
-    if kind is None and "image-label" in (vol.group.attrs.get("ome") or {}):
-        return "label"
-    return kind if isinstance(kind, str) else None
-
-
-_KIND_WORDS = {
-    "image": "an image (raw EM) volume",
-    "probability": "a probability volume",
-    "label": "a label volume",
-    "mask": "a mask volume",
-    None: "a volume of unrecorded kind",
-}
-
-
-def require_kind(
-    vol: Volume, allowed: Iterable[str], role: str, fix: str, *, unknown_ok: bool = False
-) -> str | None:
-    """Refuse a volume whose recorded kind is not in ``allowed``; return the kind.
-
-    Parameters
-    ----------
-    vol
-        The opened input.
-    allowed
-        Kinds the stage accepts for this input.
-    role
-        What the input is for, e.g. ``"segment's PROB"``.
-    fix
-        What to do instead, e.g. ``"pass the output of 'volseg predict', or --input-kind probability"``.
-    unknown_ok
-        Accept a volume whose kind is not recorded (another tool wrote it).
-    """
-    allowed = tuple(allowed)
-    kind = recorded_kind(vol)
-    if kind in allowed or (kind is None and unknown_ok):
-        return kind
-    names = [_KIND_WORDS[k].split(" ", 1)[1].removesuffix(" volume") for k in allowed]
-    need = f"{'an' if names[0][0] in 'aeiou' else 'a'} {' or '.join(names)} volume"
-    raise InputError(f"{vol.path}: is {_KIND_WORDS.get(kind, kind)}, but {role} must be {need}; {fix}")
-
-
-def require_complete(vol: Volume, role: str = "input") -> None:
-    """Refuse an input that an unfinished (or failed) run wrote."""
-    if vol.meta.get("status") == "incomplete":
-        raise InputError(
-            f"{vol.path}: the {role} is incomplete (an unfinished run wrote it); finish it first, "
-            "e.g. rerun the command that wrote it"
-        )
-
-
 # ---------------------------------------------------------------------------- device
 def check_device(device: Any) -> str:
     """Check that ``device`` exists here; return it as text (``auto`` stays ``auto``).

@@ -1,0 +1,83 @@
+"""Progress on the terminal: the CLI's side of :mod:`volseg.core.progress`.
+
+One rich bar per task on stderr (count, rate, ETA, the stage's own numbers), and messages printed above
+the bars. Stages never print; they send :class:`~volseg.core.progress.Update` values here.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from volseg.core.progress import Update
+
+__all__ = ["TerminalProgress"]
+
+
+def _text(value: float | str) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class TerminalProgress:
+    """A :class:`~volseg.core.progress.Progress` that draws rich bars on stderr.
+
+    Use it as a context manager (the bars stop on exit) and pass it as ``progress=`` to any stage.
+    """
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"),
+            TextColumn("{task.fields[info]}"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._tasks: dict[str, Any] = {}
+        self._started = False
+
+    def __call__(self, update: Update) -> None:
+        if not self._started:
+            self._bar.start()
+            self._started = True
+        if update.message is not None:
+            self._bar.console.print(f"{update.task}: {update.message}", highlight=False)
+        info = "  ".join(f"{k} {_text(v)}" if k else _text(v) for k, v in update.info.items())
+        task = self._tasks.get(update.task)
+        if task is None:
+            task = self._tasks[update.task] = self._bar.add_task(
+                update.task, total=update.total, completed=update.done, unit=update.unit, info=info
+            )
+        else:
+            self._bar.update(task, total=update.total, completed=update.done, info=info)
+        if update.finished:
+            self._bar.stop_task(task)
+
+    def close(self) -> None:
+        if self._started:
+            self._bar.stop()
+            self._started = False
+
+    def __enter__(self) -> TerminalProgress:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
