@@ -38,6 +38,9 @@ import numpy as np
 from volseg.errors import OptionError
 
 __all__ = [
+    "PAD_MODE",
+    "check_size",
+    "round_up",
     "Block",
     "Window",
     "aligned_window",
@@ -61,6 +64,27 @@ Roi = tuple[Span, Span, Span]
 
 
 # ----------------------------------------------------------------------------- ROI
+#: numpy pad mode for volume edges and short tiles; dask.array.overlap's boundary="reflect".
+PAD_MODE = "symmetric"
+
+
+def round_up(n: int, divisor: int) -> int:
+    """Smallest multiple of ``divisor`` that is >= ``n``."""
+    return -(-int(n) // divisor) * divisor
+
+
+def check_size(size: int, divisor: int, name: str = "input", allow_zero: bool = False) -> None:
+    """Raise :class:`~volseg.errors.OptionError` naming ``name`` unless ``size`` is a positive (or, with
+    ``allow_zero``, zero) multiple of ``divisor``."""
+    if size < 0 or size % divisor or (size == 0 and not allow_zero):
+        lower = (size // divisor) * divisor
+        choices = (
+            f"{lower} or {lower + divisor}" if lower > 0 or (allow_zero and lower == 0) else f"{divisor}"
+        )
+        depth = divisor.bit_length() - 1
+        raise OptionError(f"{name} {size} is not a multiple of {divisor} (depth {depth}); use {choices}")
+
+
 def parse_roi(text: str) -> tuple[tuple[int | None, int | None], ...]:
     """Parse ``"z0:z1,y0:y1,x0:x1"``; an empty bound means the volume's edge (``":"``, ``"5:"``).
 

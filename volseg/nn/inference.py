@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from volseg.core.tiling import tile_windows
+from volseg.core.tiling import PAD_MODE, tile_windows
 from volseg.errors import OptionError
 from volseg.nn.model import (
     PRECISIONS,
@@ -67,8 +67,6 @@ __all__ = [
     "pad_block",
 ]
 
-#: numpy pad mode for volume edges and short tiles; dask.array.overlap's boundary="reflect".
-PAD_MODE = "symmetric"
 #: Mirrored context (px) at the volume's edges by default (see :attr:`InferOptions.edge`). None
 #: is needed: the models train on patches whose borders meet the zero padding, and on the ISBI
 #: 2012 validation sections mirroring the whole halo changed no score (docs/tiling.md).

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from volseg.core.tiling import check_size, round_up
 from volseg.errors import ModelError, OptionError
 
 __all__ = [
@@ -172,22 +173,6 @@ class UNetConfig:
 
 
 # ============================================================================= U-Net
-def round_up(n: int, divisor: int) -> int:
-    """Smallest multiple of ``divisor`` that is >= ``n``."""
-    return -(-int(n) // divisor) * divisor
-
-
-def check_size(size: int, divisor: int, name: str = "input", allow_zero: bool = False) -> None:
-    """Raise :class:`OptionError` unless ``size`` is a positive (or zero) multiple of ``divisor``."""
-    if size < 0 or size % divisor or (size == 0 and not allow_zero):
-        lower = (size // divisor) * divisor
-        choices = (
-            f"{lower} or {lower + divisor}" if lower > 0 or (allow_zero and lower == 0) else f"{divisor}"
-        )
-        depth = divisor.bit_length() - 1
-        raise OptionError(f"{name} {size} is not a multiple of {divisor} (depth {depth}); use {choices}")
-
-
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
