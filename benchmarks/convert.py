@@ -134,7 +134,7 @@ def markdown(res: dict) -> str:
 
 def import_rss_mb() -> float:
     """Peak RSS of a process that only imports what ``volseg convert`` imports."""
-    code = "import volseg.app.cli, volseg.convert, rich.progress"
+    code = "import volseg.app.cli, volseg.stages.convert, rich.progress"
     return run_child([sys.executable, "-c", code])["peak_rss_mb"]
 
 

@@ -92,7 +92,7 @@ def inference_variants(model_path: Path, image: Path, labels: Path, precision: s
     import numpy as np
 
     from volseg.nn.inference import InferOptions, infer_image
-    from volseg.nn.model import load_model
+    from volseg.nn.modelfile import load_model
     from volseg.stages.train import validation_metrics
     from volseg.storage.volumes import open_volume
 
@@ -110,6 +110,8 @@ def inference_variants(model_path: Path, image: Path, labels: Path, precision: s
 
 def markdown(res: dict) -> str:
     m, best, cfg = res["machine"], res["best"], res["config"]
+    net = cfg.get("model", cfg)  # results written by volseg 0.1 hold the U-Net's keys flat
+    augment = res.get("augment", cfg["augment"])  # the preset's name (the config holds its probabilities)
     load = m["load_average_at_start"][0]
     busy = f" The machine was shared: load average {load} at the start." if load > 0.5 * m["cores"] else ""
     lines = [
@@ -117,9 +119,9 @@ def markdown(res: dict) -> str:
         "",
         f"`python benchmarks/isbi2012.py --minutes {res['minutes']:g}` ({res['date']}): trained on ISBI 2012 "
         f"sections 0-24 for {res['minutes']:g} minutes of wall clock (validation included), validated on "
-        f"sections 25-29. U-Net base {cfg['base_channels']}, depth {cfg['depth']}, "
+        f"sections 25-29. U-Net base {net['base_channels']}, depth {net['depth']}, "
         f"batch {cfg['batch_size']} of "
-        f"{cfg['patch_size']} x {cfg['patch_size']} patches, `{cfg['augment']}` augmentation, loss "
+        f"{cfg['patch_size']} x {cfg['patch_size']} patches, `{augment}` augmentation, loss "
         f"`{cfg['loss']}`, AdamW lr {cfg['lr']:g} with a cosine over the time budget, {res['precision']}. "
         f"{res['steps']} steps ({res['steps_per_second']:.2f} steps/s, data waiting "
         f"{100 * res['data_wait_fraction']:.1f} %); best checkpoint at step {res['best_step']}. "
@@ -139,7 +141,7 @@ def markdown(res: dict) -> str:
         "evaluation script computes it; the paper's 0.0611 is of that kind. With about 78 % cell pixels "
         "the F-score form is the smaller number. "
         "The paper's figures were computed by the challenge on its hidden test labels; ours on five "
-        "held-out training sections with `volseg.core.metrics.isbi_scores` (foreground-restricted, after "
+        "held-out training sections with `volseg.core.isbi.isbi_scores` (foreground-restricted, after "
         "border thinning, best of the thresholds 0.0 .. 1.0), so they compare in kind, not exactly. "
         f"The best checkpoint is the best of {len(res['validations'])} validations on the same five sections "
         "(every "
@@ -186,7 +188,7 @@ def cells_stage(out: Path, model: Path, write_pictures: bool) -> dict:
         opts = PreviewOptions(sections=(0, 2, 4), panel=360)
         preview(out / "image_roi.zarr", PREVIEW, overlay=out / "prob.zarr", options=opts)
         preview(out / "image_roi.zarr", CELLS_PREVIEW, overlay=out / "cells.zarr", options=opts)
-    return {"prob": prob_report["overall"], "cells": cells_report["overall"], "seconds": timings}
+    return {"prob": prob_report.overall, "cells": cells_report.overall, "seconds": timings}
 
 
 def _roi_truth(out: Path) -> Path:
@@ -266,23 +268,28 @@ def main() -> int:
         print(f"skipped: ISBI 2012 data not found at {args.isbi} (train-volume.tif, train-labels.tif)")
         return 0
 
+    from contextlib import nullcontext
+
+    from volseg.app.progress import TerminalProgress
     from volseg.stages.train import train
 
     args.out.mkdir(parents=True, exist_ok=True)
     image, labels = write_volumes(args.isbi, args.out)
     info = machine()
-    result = train(
-        image=str(image), labels=str(labels), output=str(args.out / "model.pt"), foreground=(0,),
-        label_values=(0, 255), val_slices="25:30", time_limit=f"{args.minutes * 60:g}s",
-        val_every=args.val_every, batch_size=args.batch_size, lr=args.lr, augment=args.augment,
-        seed=args.seed, overwrite=True, progress=sys.stderr.isatty(),
-    )  # fmt: skip
+    with TerminalProgress() if sys.stderr.isatty() else nullcontext() as bar:
+        result = train(
+            image=str(image), labels=str(labels), output=str(args.out / "model.pt"), foreground=(0,),
+            label_values=(0, 255), val_slices="25:30", time_limit=f"{args.minutes * 60:g}s",
+            val_every=args.val_every, batch_size=args.batch_size, lr=args.lr, augment=args.augment,
+            seed=args.seed, overwrite=True, progress=bar,
+        )  # fmt: skip
     history = [json.loads(line) for line in result.log.read_text().splitlines() if '"kind": "val"' in line]
     res = {
         "date": dt.date.today().isoformat(),
         "minutes": args.minutes,
         "machine": info,
         "config": result.config.to_dict(),
+        "augment": args.augment,
         "precision": result.config.precision if result.config.precision != "auto" else _precision(result),
         "steps": result.steps,
         "seconds": round(result.seconds, 1),
@@ -331,7 +338,7 @@ def cells_only(args: argparse.Namespace) -> int:
 
 
 def _precision(result) -> str:
-    from volseg.nn.model import read_model_file
+    from volseg.nn.modelfile import read_model_file
 
     return read_model_file(result.model)["extra"]["precision"]
 

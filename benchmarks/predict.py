@@ -86,15 +86,16 @@ def make_volume(path: Path, shape: tuple[int, int, int], seed: int = 0) -> Path:
 def make_model(path: Path) -> Path:
     import torch
 
-    from volseg.nn.model import UNet, UNetConfig, save_model
+    from volseg.nn.modelfile import save_model
+    from volseg.nn.unet import UNet, UNetConfig
+    from volseg.storage.conventions import Convention
 
     torch.manual_seed(0)
     save_model(
         path,
         UNet(UNetConfig()),
         normalization={"mode": "meanstd", "mean": 128.0, "std": 50.0},
-        foreground=[0],
-        label_convention="membrane=1",
+        convention=Convention(foreground=(0,), foreground_kind="boundary"),
         provenance={},
         metrics={},
         train_config={},
@@ -122,7 +123,8 @@ def raw_forward(model_file: Path, tile: int, batch: int, precision: str, seconds
 
     import torch
 
-    from volseg.nn.model import autocast_context, load_model, prepare_for_inference, resolve_precision
+    from volseg.nn.modelfile import load_model
+    from volseg.nn.runtime import autocast_context, prepare_for_inference, resolve_precision
 
     model = prepare_for_inference(load_model(model_file), "cpu")
     cores = os.cpu_count() or 1
@@ -198,7 +200,9 @@ def monai_sliding(model_file: Path, image: Path, sections: int, batch: int, prec
     import monai
     import torch
 
-    from volseg.nn.model import autocast_context, load_model, normalize, prepare_for_inference
+    from volseg.nn.intensity import normalize
+    from volseg.nn.modelfile import load_model
+    from volseg.nn.runtime import autocast_context, prepare_for_inference
     from volseg.storage.volumes import open_volume
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -9,7 +9,7 @@ The same model and optimizer (the training defaults: U-Net base 16, depth 4, bat
   nothing waits for data: the model's own speed;
 * **the training loader** with 0, 1, 2, ... DataLoader worker processes: patches read lazily
   from the Zarr volumes, augmented with the ``default`` preset, normalised and collated while
-  the model trains, exactly as ``volseg train`` does (:meth:`volseg.stages.train.Trainer.loader`).
+  the model trains, exactly as ``volseg train`` does (:meth:`volseg.stages.train.loop.Trainer.loader`).
 
 Data waiting is measured inside the loop, as the training loop measures it: the time spent in
 ``next(batches)``, over the time of the whole step (waiting included). The first ``--warmup``
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from volseg.stages.train import TrainConfig, Trainer, output_paths
+from volseg.stages.train import Trainer, output_paths, resolve_config
 from volseg.storage.volumes import create_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,7 +62,9 @@ def write_data(scratch: Path, isbi: Path) -> str:
         source = "synthetic stack (30 x 512 x 512, volseg.synth)"
     for name, data, kind in (("image", image, "image"), ("labels", labels, "label")):
         vol = create_volume(scratch / f"{name}.zarr", data.shape, data.dtype, (1, 512, 512), kind=kind)
-        vol.array[:] = data
+        for index in vol.block_ids():  # block by block, so that the volume is recorded complete
+            vol.write_block(index, data[vol.block_region(index)], fsync=False)
+        vol.mark_complete()  # train refuses volumes an unfinished run wrote
     return source
 
 
@@ -108,13 +110,13 @@ def run(args: argparse.Namespace, scratch: Path) -> dict:
     source = write_data(scratch, args.isbi)
     base = dict(
         image=str(scratch / "image.zarr"), labels=str(scratch / "labels.zarr"), foreground=(0,),
-        val_fraction=0.0, steps=10_000, progress=False, seed=0, batch_size=args.batch_size,
+        val_fraction=0.0, steps=10_000, seed=0, batch_size=args.batch_size,
         patch_size=args.patch, base_channels=args.base, depth=args.depth, precision=args.precision,
         device=args.device, augment="default",
     )  # fmt: skip
 
     def trainer(workers: int) -> Trainer:
-        config = TrainConfig(**base, workers=workers, output=str(scratch / f"w{workers}.pt"))
+        config = resolve_config(**base, workers=workers, output=str(scratch / f"w{workers}.pt"))
         return Trainer(config, output_paths(config.output))
 
     memory = trainer(0)

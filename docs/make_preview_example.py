@@ -26,7 +26,7 @@ def main() -> None:
         info = volseg.preview(
             stack.image, OUT, overlay=cells, options=PreviewOptions(sections=(0, 5, 10), panel=256)
         )
-    print(f"{OUT}: {info['width']} x {info['height']} px, sections {info['sections']}")
+    print(f"{OUT}: {info.width} x {info.height} px, sections {info.sections}")
 
 
 if __name__ == "__main__":

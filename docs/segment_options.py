@@ -2,7 +2,7 @@
 
 A 6 x 384 x 384 synthetic stack (``volseg synth``, seed 3); the true cells are the 4-connected
 components of each section's non-membrane pixels. Three membrane maps are segmented with each option
-set (``volseg.stages.segment.segment_array``, 2-D): the exact membrane mask; a "soft" map (the mask blurred
+set (``volseg.core.segmentation.segment_array``, 2-D): the exact membrane mask; a "soft" map (the mask blurred
 with sigma 1.5 px, x 1.3, plus Gaussian noise of sd 0.15, clipped to 0..1), a stand-in for a U-Net's
 output; and a "gappy" map (the soft map with 15 random 6 x 6 px patches per section dimmed to 30 %).
 Run from the repository root (about a minute)::
@@ -19,7 +19,8 @@ from scipy import ndimage as ndi
 
 import volseg
 from volseg.core.metrics import Contingency
-from volseg.stages.segment import SegmentOptions, segment_array
+from volseg.core.segmentation import segment_array
+from volseg.stages.segment import SegmentOptions
 from volseg.storage.volumes import open_volume
 
 CONFIGS = [

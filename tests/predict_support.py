@@ -6,10 +6,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import support
 import torch
 
-from volseg.nn.model import UNet, UNetConfig, save_model
-from volseg.storage.volumes import create_volume
+from volseg.nn.modelfile import save_model
+from volseg.nn.unet import UNet, UNetConfig
+from volseg.storage.conventions import Convention
 
 NORM = {"mode": "meanstd", "mean": 0.0, "std": 1.0}
 
@@ -61,12 +63,8 @@ class FailOn(AddOne):
 
 
 def write_volume(path: Path, array: np.ndarray, chunks) -> Path:
-    """A complete volume holding ``array``."""
-    vol = create_volume(path, array.shape, array.dtype, chunks, voxel_size=(50, 4, 4))
-    for index in vol.block_ids():
-        vol.write_block(index, array[vol.block_region(index)], fsync=False)
-    vol.mark_complete()
-    return path
+    """A complete image volume holding ``array``, with ssTEM-like voxels (50 x 4 x 4)."""
+    return support.write_volume(path, array, chunks, voxel_size=(50, 4, 4))
 
 
 def em_like(shape, seed: int = 0) -> np.ndarray:
@@ -95,8 +93,7 @@ def unet_file(
         path,
         model,
         normalization={"mode": "meanstd", "mean": 128.0, "std": 50.0},
-        foreground=[0],
-        label_convention="membrane=1",
+        convention=Convention(foreground=(0,), foreground_kind="boundary"),
         provenance={},
         metrics={},
         train_config={},

@@ -1,4 +1,4 @@
-"""The entry checks of every stage (volseg/storage/paths.py), each through the command a user types.
+"""The entry checks of every stage (storage/paths, nn/runtime, nn/intensity), each through a user's command.
 
 Each test reproduces a failure a fuzzing pass found (issue 9): an input deleted by --overwrite,
 an image the model was not trained for, a missing chunk read as zeros, a device torch lacks,
@@ -18,13 +18,16 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from cli_support import cli, one_line_error
 from predict_support import em_like, unet_file, write_volume
+from support import cli, one_line_error
 
 import volseg
 from volseg.errors import InputError, OptionError, OutputError
-from volseg.nn.model import UNet, UNetConfig, save_model
+from volseg.nn import intensity, runtime
+from volseg.nn.modelfile import save_model
+from volseg.nn.unet import UNet, UNetConfig
 from volseg.storage import paths as checks
+from volseg.storage.conventions import Convention
 from volseg.storage.volumes import create_volume, open_volume, volume_info
 
 
@@ -43,8 +46,7 @@ def trained_model(path: Path, mean: float = 122.0, std: float = 35.0, dtype: str
         path,
         model,
         normalization={"mode": "meanstd", "mean": mean, "std": std},
-        foreground=[0],
-        label_convention="membrane=1",
+        convention=Convention(foreground=(0,), foreground_kind="boundary"),
         provenance={},
         metrics={},
         train_config={},
@@ -142,7 +144,7 @@ def test_another_dtype_than_the_training_images_is_refused(em, tmp_path, dtype, 
 
 
 def test_a_range_far_off_is_refused_and_a_moderate_shift_warned(em, tmp_path):
-    stats = checks.sample_stats(open_volume(em["image"]).array)
+    stats = intensity.sample_stats(open_volume(em["image"]).array)
     mean, std = stats["mean"], stats["std"]
     far = trained_model(tmp_path / "far.pt", mean=mean + 6 * std, std=std)
     one_line_error(cli("predict", far, em["image"], tmp_path / "p.zarr"), "lie far outside the range")
@@ -160,9 +162,9 @@ def test_a_range_far_off_is_refused_and_a_moderate_shift_warned(em, tmp_path):
 def test_sample_stats_reads_few_chunks_and_matches_numpy(tmp_path):
     data = np.random.default_rng(0).integers(0, 255, (3, 40, 50), dtype=np.uint8)
     vol = open_volume(write_volume(tmp_path / "v.zarr", data, (1, 20, 25)))
-    whole = checks.sample_stats(vol.array, max_chunks=100)
+    whole = intensity.sample_stats(vol.array, max_chunks=100)
     assert whole["mean"] == pytest.approx(data.mean()) and whole["std"] == pytest.approx(data.std())
-    roi = checks.sample_stats(vol.array, roi=((1, 2), (0, 20), (25, 50)), max_chunks=100)
+    roi = intensity.sample_stats(vol.array, roi=((1, 2), (0, 20), (25, 50)), max_chunks=100)
     assert roi["mean"] == pytest.approx(data[1, :20, 25:].mean())
 
 
@@ -230,9 +232,9 @@ def test_devices_torch_lacks_are_refused_before_any_output(em, tmp_path):
 def test_check_device_counts_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert checks.check_device("cuda:1") == "cuda:1" and checks.check_device("auto") == "auto"
+    assert runtime.check_device("cuda:1") == "cuda:1" and runtime.check_device("auto") == "auto"
     with pytest.raises(OptionError, match="has 2 GPU"):
-        checks.check_device("cuda:2")
+        runtime.check_device("cuda:2")
 
 
 # --------------------------------------------------------------------- 10. codec levels

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from cli_support import cli, one_line_error
 from PIL import Image
+from support import cli, one_line_error
 from typer.testing import CliRunner
 
 from volseg.errors import InputError, OptionError, OutputError
-from volseg.stages.convert import TiffStack, convert
+from volseg.stages.convert import ConvertResult, convert
+from volseg.storage.stacks import TiffStack
 from volseg.storage.volumes import Volume, open_volume
 
 runner = CliRunner()
@@ -41,7 +42,7 @@ def looks_complete(path: Path) -> bool:
 @pytest.mark.isbi
 @pytest.mark.parametrize("name", ["train-volume.tif", "train-labels.tif", "test-volume.tif"])
 def test_isbi_stacks_equal_tifffile(isbi_dir, tmp_path, name):
-    vol = convert(isbi_dir / name, tmp_path / "v.zarr", chunks=(2, 200, 300))
+    vol = convert(isbi_dir / name, tmp_path / "v.zarr", chunks=(2, 200, 300)).volume
     expected = tifffile.imread(isbi_dir / name)
     assert vol.shape == (30, 512, 512) and vol.dtype == np.uint8 and vol.complete
     np.testing.assert_array_equal(stored(tmp_path / "v.zarr"), expected)
@@ -86,7 +87,7 @@ def test_multipage_tiff_equals_tifffile(tmp_path, rng, kind, dtype):
     data = (rng.random((5, 150, 201)) * 3000).astype(dtype)
     expected = _write(kind, tmp_path / "s.tif", data)
     np.testing.assert_array_equal(expected, data)  # the reference itself is right
-    vol = convert(tmp_path / "s.tif", tmp_path / "v.zarr", chunks=(2, 64, 100))
+    vol = convert(tmp_path / "s.tif", tmp_path / "v.zarr", chunks=(2, 64, 100)).volume
     assert vol.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(stored(tmp_path / "v.zarr"), expected)
 
@@ -95,7 +96,7 @@ def test_multipage_tiff_equals_tifffile(tmp_path, rng, kind, dtype):
 def test_odd_shapes_any_chunks_same_values(tmp_path, rng, chunks):
     data = rng.integers(0, 2**16, (7, 333, 517), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "s.tif", data, photometric="minisblack")
-    vol = convert(tmp_path / "s.tif", tmp_path / "v.zarr", chunks=chunks)
+    vol = convert(tmp_path / "s.tif", tmp_path / "v.zarr", chunks=chunks).volume
     assert vol.chunks == (
         tuple(min(c, s) for c, s in zip(chunks, data.shape, strict=True)) if chunks else (1, 333, 517)
     )
@@ -105,7 +106,7 @@ def test_odd_shapes_any_chunks_same_values(tmp_path, rng, chunks):
 def test_single_2d_tiff_is_one_section(tmp_path, rng):
     data = rng.random((40, 50)).astype(np.float32)
     tifffile.imwrite(tmp_path / "one.tif", data)
-    vol = convert(tmp_path / "one.tif", tmp_path / "v.zarr")
+    vol = convert(tmp_path / "one.tif", tmp_path / "v.zarr").volume
     assert vol.shape == (1, 40, 50)
     np.testing.assert_array_equal(stored(tmp_path / "v.zarr")[0], data)
 
@@ -149,7 +150,7 @@ def test_uncompressed_tiff_is_read_a_few_chunk_rows_at_a_time(
     data = rng.integers(0, 2**16, shape, dtype=np.uint16)
     tifffile.imwrite(tmp_path / "s.tif", data, byteorder=">", **layout)  # big-endian: converted on the way
     monkeypatch.setattr(
-        "volseg.stages.convert._cores", lambda: 1
+        "volseg.stages.convert.available_cores", lambda limit=None: 1
     )  # 2 blocks a piece: 2 chunk rows (1 block each)
     calls = _spy_reads(monkeypatch)
     convert(tmp_path / "s.tif", tmp_path / "v.zarr", chunks=(1, 32, 64), channel=channel)
@@ -175,7 +176,7 @@ def test_folder_of_sections_in_natural_order(tmp_path, rng, suffix, dtype):
     data = (rng.random((12, 37, 45)) * 60000).astype(dtype)
     _section_files(tmp_path / "secs", data, suffix)
     (tmp_path / "secs" / "notes.txt").write_text("not an image")
-    vol = convert(tmp_path / "secs", tmp_path / "v.zarr", chunks=(5, 16, 16))
+    vol = convert(tmp_path / "secs", tmp_path / "v.zarr", chunks=(5, 16, 16)).volume
     assert vol.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(stored(tmp_path / "v.zarr"), data)  # sec2 before sec10
     assert [Path(s["path"]).name for s in vol.provenance["sources"]][:3] == [
@@ -288,7 +289,7 @@ def test_voxel_size_from_metadata_and_overrides(tmp_path):
     }
     for i, ((name, voxel, unit), (scale, want_unit)) in enumerate(cases.items()):
         out = tmp_path / f"v{i}.zarr"
-        vol = convert(tmp_path / name, out, voxel_size=voxel, unit=unit)
+        vol = convert(tmp_path / name, out, voxel_size=voxel, unit=unit).volume
         got_scale, units = _scale_and_units(out)
         np.testing.assert_allclose(got_scale, scale, rtol=1e-9, err_msg=name)
         assert units == [want_unit] * 3, name
@@ -329,7 +330,7 @@ def test_resume_after_crash_gives_identical_volume(tmp_path, rng, monkeypatch):
     monkeypatch.setattr(
         Volume, "mark_done", lambda self, i, **kw: (written.append(i), original(self, i, **kw))
     )
-    vol = convert(tmp_path / "s.tif", out, resume=True, **opts)
+    vol = convert(tmp_path / "s.tif", out, resume=True, **opts).volume
     assert len(written) == 30 - 13 and vol.complete  # the done blocks were skipped
     np.testing.assert_array_equal(stored(out), data)
     convert(tmp_path / "s.tif", tmp_path / "fresh.zarr", **opts)
@@ -339,7 +340,7 @@ def test_resume_after_crash_gives_identical_volume(tmp_path, rng, monkeypatch):
         p.relative_to(tmp_path / "fresh.zarr").as_posix() for p in (tmp_path / "fresh.zarr" / "0").rglob("*")
     )
     assert len(vol.meta["resumed"]) == 1
-    assert convert(tmp_path / "s.tif", out, resume=True, **opts).complete  # complete: nothing to do
+    assert convert(tmp_path / "s.tif", out, resume=True, **opts).volume.complete  # complete: nothing to do
 
 
 def test_shards_convert_resume_and_refuse_bad_shapes(tmp_path, rng, monkeypatch):
@@ -353,7 +354,7 @@ def test_shards_convert_resume_and_refuse_bad_shapes(tmp_path, rng, monkeypatch)
     assert len(open_volume(out).done_blocks()) == 4
     with pytest.raises(OutputError, match="shards"):
         convert(tmp_path / "s.tif", out, resume=True, chunks=(1, 16, 32), shards=(1, 32, 64))
-    vol = convert(tmp_path / "s.tif", out, resume=True, **opts)
+    vol = convert(tmp_path / "s.tif", out, resume=True, **opts).volume
     assert vol.complete and vol.shards == (1, 64, 64) and vol.block_grid == (5, 2, 2)
     np.testing.assert_array_equal(stored(out), data)
     assert len(list((out / "0" / "c").rglob("*"))) < 5 * 5 * 3  # shard files, not chunk files
@@ -370,10 +371,10 @@ def test_resume_after_lost_records_rewrites_exactly_those_blocks(tmp_path, rng, 
     data = rng.integers(0, 2**16, (3, 70, 90), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "s.tif", data, photometric="minisblack")
     monkeypatch.setattr(
-        "volseg.stages.convert._cores", lambda: 1
+        "volseg.stages.convert.available_cores", lambda limit=None: 1
     )  # pieces of 2 chunk rows, two buffers in turn
     out, opts = tmp_path / "v.zarr", {"chunks": (1, 16, 90)}  # grid 3 x 5 x 1
-    vol = convert(tmp_path / "s.tif", out, **opts)
+    vol = convert(tmp_path / "s.tif", out, **opts).volume
     lost = [
         (0, 0, 0),
         (0, 4, 0),
@@ -391,7 +392,7 @@ def test_resume_after_lost_records_rewrites_exactly_those_blocks(tmp_path, rng, 
     monkeypatch.setattr(
         Volume, "mark_done", lambda self, i, **kw: (written.append(i), original(self, i, **kw))
     )
-    assert convert(tmp_path / "s.tif", out, resume=True, **opts).complete
+    assert convert(tmp_path / "s.tif", out, resume=True, **opts).volume.complete
     assert sorted(written) == lost
     np.testing.assert_array_equal(stored(out), data)
 
@@ -407,7 +408,7 @@ def test_resume_refuses_changed_sources(tmp_path, rng, monkeypatch):
     os.utime(tmp_path / "s.tif", (1e9, 1e9))
     with pytest.raises(OutputError, match="sources changed"):
         convert(tmp_path / "s.tif", tmp_path / "v.zarr", resume=True)
-    vol = convert(tmp_path / "s.tif", tmp_path / "v.zarr", overwrite=True)
+    vol = convert(tmp_path / "s.tif", tmp_path / "v.zarr", overwrite=True).volume
     np.testing.assert_array_equal(stored(vol.path), data[::-1])
 
 
@@ -467,6 +468,30 @@ def test_output_is_valid_ome_zarr_with_provenance(tmp_path, rng):
     )
     assert "mtime" in src and "tifffile" in prov["versions"] and prov["command"]
     assert prov["config"]["chunks"] == [1, 40, 50] and prov["config"]["voxel_size"] == [50.0, 4.0, 4.0]
+
+
+def test_result_is_plain_data_and_progress_counts_sections(tmp_path, rng):
+    data = rng.integers(0, 2**16, (5, 40, 50), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "s.tif", data, compression="zlib", photometric="minisblack")
+    updates = []
+    result = convert(tmp_path / "s.tif", tmp_path / "v.zarr", chunks=(2, 16, 50), progress=updates.append)
+    assert isinstance(result, ConvertResult) and result.volume.complete
+    assert result.to_dict() == json.loads(json.dumps(result.to_dict()))  # plain JSON data
+    assert {k: v for k, v in result.to_dict().items() if k != "seconds"} == {
+        "path": str(tmp_path / "v.zarr"),
+        "shape": [5, 40, 50],
+        "dtype": "uint16",
+        "chunks": [2, 16, 50],
+        "shards": None,
+        "voxel_size": [1.0, 1.0, 1.0],
+        "unit": None,
+        "kind": "image",
+    }
+    assert {u.task for u in updates} == {"convert v.zarr"} and {u.unit for u in updates} == {"sections"}
+    assert [u.done for u in updates] == sorted(u.done for u in updates)
+    last = updates[-1]
+    assert last.finished and last.total == 5 and last.done == pytest.approx(5) and "sections/s" in last.info
+    np.testing.assert_array_equal(stored(result.path), data)
 
 
 def test_cli_convert_then_info(tmp_path, rng):

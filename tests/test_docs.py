@@ -1,4 +1,4 @@
-"""Docs stay true: the CLI reference matches the code, and every relative link resolves."""
+"""Docs stay true: the CLI reference and the architecture tree match the code, and every link resolves."""
 
 from __future__ import annotations
 
@@ -16,6 +16,18 @@ def test_cli_reference_is_current():
 
     assert (ROOT / "docs" / "cli.md").read_text() == render(), (
         "docs/cli.md is stale: run `python -m volseg.app.cli_reference > docs/cli.md`"
+    )
+
+
+def test_architecture_tree_is_current():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_tree", ROOT / "docs" / "make_architecture_tree.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    assert module.render(page) == page, (
+        "docs/architecture.md's tree is stale: run `python docs/make_architecture_tree.py`"
     )
 
 

@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from cli_support import translate
 from skimage.metrics import adapted_rand_error, variation_of_information
+from support import translate
 from typer.testing import CliRunner
 
 from volseg.app.cli import app
 from volseg.errors import InputError, OptionError
-from volseg.stages.evaluate import EvaluateOptions, evaluate, parse_foreground
+from volseg.stages.evaluate import EvaluateOptions, EvaluateResult, evaluate, parse_foreground
 from volseg.storage.volumes import create_volume
 
 runner = CliRunner()
@@ -39,7 +39,7 @@ TWO_CELLS = [[[1, 1], [2, 2]]]
 def _instance(tmp_path, pred, truth=TWO_CELLS):
     _labels(tmp_path, "t.zarr", truth)
     _labels(tmp_path, "p.zarr", pred)
-    return evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")["overall"]
+    return evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr").overall
 
 
 def test_perfect_instances(tmp_path):
@@ -94,14 +94,14 @@ def _binary(tmp_path, prob_membrane, truth=MEMBRANE, **kw):
 
 
 def test_perfect_probabilities(tmp_path):
-    o = _binary(tmp_path, MEMBRANE == 0)["overall"]
+    o = _binary(tmp_path, MEMBRANE == 0).overall
     assert (o["pixel_error"], o["dice"], o["iou"], o["v_rand"], o["v_info"]) == (0, 1, 1, 1, 1)
 
 
 def test_all_background_probabilities(tmp_path):
     # No membrane predicted: 4 of 20 pixels wrong, no true positive (Dice = IoU = 0); the two 8-pixel
     # cells merge: V_rand = 2 (64 + 64) / (128 + 256) = 2/3, V_info = 0 (the prediction is one cluster).
-    o = _binary(tmp_path, np.zeros(MEMBRANE.shape))["overall"]
+    o = _binary(tmp_path, np.zeros(MEMBRANE.shape)).overall
     assert o["pixel_error"] == pytest.approx(0.2) and o["dice"] == 0 and o["iou"] == 0
     assert o["v_rand"] == pytest.approx(2 / 3) and o["v_info"] == pytest.approx(0, abs=1e-12)
     # the challenge's pixel error: all 20 pixels called cell, 16 are: F = 32 / 36
@@ -113,7 +113,7 @@ def test_binary_split(tmp_path):
     # two 8-pixel cells and 4 boundary singletons: V_rand = 2 (64 + 64 + 4) / (400 + 132) = 264/532.
     # (Section 0, scored perfectly, holds the membrane: a truth without any is refused.)
     truth = np.concatenate([MEMBRANE, np.full((1, 4, 5), 255, np.uint8)])
-    row = _binary(tmp_path, np.tile(MEMBRANE == 0, (2, 1, 1)), truth=truth)["sections"][1]
+    row = _binary(tmp_path, np.tile(MEMBRANE == 0, (2, 1, 1)), truth=truth).sections[1]
     assert row["pixel_error"] == pytest.approx(0.2) and row["dice"] == 0
     assert row["v_rand"] == pytest.approx(264 / 532)
 
@@ -122,12 +122,12 @@ def test_object_convention_flips_the_classes(tmp_path):
     # A model of cells (foreground 255, kind object) scored on the same truth gives the same ISBI scores.
     cell_prob = (MEMBRANE != 0).astype(float)
     r = _binary(tmp_path, cell_prob, foreground_kind="object")
-    assert r["foreground_kind"] == "object"
+    assert r.foreground_kind == "object"
     o = evaluate(
         tmp_path / "p.zarr",
         tmp_path / "t.zarr",
         options=EvaluateOptions(foreground=(255,), foreground_kind="object"),
-    )["overall"]
+    ).overall
     assert (o["pixel_error"], o["dice"], o["v_rand"], o["v_info"]) == (0, 1, 1, 1)
 
 
@@ -149,9 +149,8 @@ def test_3d_instances_agree_with_scikit_image(tmp_path):
     pred = _random_cells((6, 40, 40), 25, seed=2)
     _labels(tmp_path, "t.zarr", truth, chunks=(2, 16, 16))
     _labels(tmp_path, "p.zarr", pred, chunks=(3, 16, 16))
-    o = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=EvaluateOptions(instance_mode="3d"))[
-        "overall"
-    ]
+    opts = EvaluateOptions(instance_mode="3d")
+    o = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=opts).overall
     error, precision, recall = adapted_rand_error(truth, pred)
     assert o["adapted_rand_error"] == pytest.approx(error, rel=1e-9)
     # scikit-image names precision and recall the other way round (volseg.core.metrics.AdaptedRand)
@@ -173,9 +172,9 @@ def test_2d_instances_score_each_section_on_its_own(tmp_path):
     r = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=EvaluateOptions(instance_mode="2d"))
     offset = (np.arange(3, dtype=np.uint64) * 10_000)[:, None, None]
     error, _, _ = adapted_rand_error(truth + offset, pred + offset)
-    assert r["overall"]["adapted_rand_error"] == pytest.approx(error, rel=1e-9)
-    assert [row["section"] for row in r["sections"]] == [0, 1, 2]
-    assert r["sections"][0]["adapted_rand_error"] == 0 and r["sections"][1]["adapted_rand_error"] > 0
+    assert r.overall["adapted_rand_error"] == pytest.approx(error, rel=1e-9)
+    assert [row["section"] for row in r.sections] == [0, 1, 2]
+    assert r.sections[0]["adapted_rand_error"] == 0 and r.sections[1]["adapted_rand_error"] > 0
 
 
 def test_segmentation_against_binary_truth_uses_cells(tmp_path):
@@ -185,8 +184,8 @@ def test_segmentation_against_binary_truth_uses_cells(tmp_path):
     cells = np.where(np.arange(5) < 2, 1, 2).astype(np.uint32)[None, None, :].repeat(4, 1).repeat(3, 0)
     _labels(tmp_path, "p.zarr", cells)
     r = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=EvaluateOptions(foreground=(0,)))
-    assert r["kind"] == "instance" and r["overall"]["adapted_rand_error"] == 0
-    assert r["overall"]["v_rand"] == 1 and r["instance_mode"] == "2d"
+    assert r.kind == "instance" and r.overall["adapted_rand_error"] == 0
+    assert r.overall["v_rand"] == 1 and r.instance_mode == "2d"
 
 
 # ------------------------------------------------------------- sections and JSON
@@ -199,11 +198,30 @@ def test_sections_and_json(tmp_path):
     good = evaluate(
         tmp_path / "p.zarr", tmp_path / "t.zarr", sections="0:3", json_path=tmp_path / "r" / "r.json"
     )
-    assert good["sections_scored"] == [0, 1, 2] and good["overall"]["dice"] == 1
+    assert good.sections_scored == [0, 1, 2] and good.overall["dice"] == 1
     stored = json.loads((tmp_path / "r" / "r.json").read_text())
-    assert stored["overall"] == good["overall"] and len(stored["sections"]) == 3
+    assert stored["overall"] == good.overall and len(stored["sections"]) == 3
     everything = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")
-    assert everything["overall"]["dice"] < 1 and everything["sections"][3]["dice"] == 0
+    assert everything.overall["dice"] < 1 and everything.sections[3]["dice"] == 0
+
+
+def test_result_is_the_json_report(tmp_path):
+    _write(tmp_path / "t.zarr", np.tile(MEMBRANE, (2, 1, 1)), kind="mask")
+    _write(
+        tmp_path / "p.zarr", np.tile((MEMBRANE == 0) * 255, (2, 1, 1)).astype(np.uint8), kind="probability"
+    )
+    updates = []
+    result = evaluate(
+        tmp_path / "p.zarr", tmp_path / "t.zarr", json_path=tmp_path / "r.json", progress=updates.append
+    )
+    stored = json.loads((tmp_path / "r.json").read_text())
+    assert stored == result.to_dict() and EvaluateResult.from_dict(stored) == result
+    assert list(stored)[-3:] == ["sections", "isbi", "seconds"] and "instance_mode" not in stored
+    assert updates[-1].finished and updates[-1].done == updates[-1].total == 2
+    _labels(tmp_path, "c.zarr", np.ones((2, *MEMBRANE.shape[1:])))
+    cells = evaluate(tmp_path / "c.zarr", tmp_path / "t.zarr").to_dict()
+    assert "threshold" not in cells and "isbi" not in cells
+    assert list(cells)[-4:] == ["instance_mode", "truth_cells", "counted_pixels", "seconds"]
 
 
 def test_cli_table_and_json(tmp_path):
@@ -279,7 +297,7 @@ def test_unwritten_sections_of_an_unfinished_run_are_refused(tmp_path):
     _write(tmp_path / "t.zarr", np.tile(MEMBRANE, (2, 1, 1)), kind="mask")
     vol = create_volume(tmp_path / "p.zarr", (2, 4, 5), "uint8", (1, 4, 5), kind="probability")
     vol.write_block((0, 0, 0), (MEMBRANE == 0).astype(np.uint8) * 255)  # section 1 never written
-    assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", sections="0")["overall"]["dice"] == 1
+    assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", sections="0").overall["dice"] == 1
     with pytest.raises(InputError, match="section 1"):
         evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")
 
@@ -290,7 +308,7 @@ def test_truth_metadata_names_the_membrane_values(tmp_path):
     _write(tmp_path / "t.zarr", truth, kind="mask", label_convention={"1": "membrane", "0": "cell interior"})
     _write(tmp_path / "p.zarr", truth * 255, kind="probability")
     r = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")
-    assert r["foreground"] == [1] and r["overall"]["dice"] == 1 and r["overall"]["v_rand"] == 1
+    assert r.foreground == [1] and r.overall["dice"] == 1 and r.overall["v_rand"] == 1
 
 
 # ------------------------------------------------------------ nonsense is refused
@@ -299,6 +317,18 @@ def _cli_error(args):
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
     return lines[0]
+
+
+def test_unwritable_json_report_is_one_line(tmp_path):
+    _write(tmp_path / "t.zarr", np.tile(MEMBRANE, (2, 1, 1)), kind="mask")
+    _write(
+        tmp_path / "p.zarr", np.tile((MEMBRANE == 0) * 255, (2, 1, 1)).astype(np.uint8), kind="probability"
+    )
+    (tmp_path / "blocker").write_text("a file where the report's folder should be")
+    message = _cli_error(
+        [tmp_path / "p.zarr", tmp_path / "t.zarr", "--json", tmp_path / "blocker" / "r.json"]
+    )
+    assert "cannot write the report" in message and "writable" in message
 
 
 def test_probability_truth_is_refused(tmp_path):
@@ -325,12 +355,12 @@ def test_integer_truth_of_image_or_unknown_kind_is_accepted(tmp_path):
     _write(
         tmp_path / "p.zarr", np.tile((MEMBRANE == 0) * 255, (2, 1, 1)).astype(np.uint8), kind="probability"
     )
-    assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")["overall"]["dice"] == 1
+    assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr").overall["dice"] == 1
     from volseg.storage.volumes import open_volume
 
     foreign = open_volume(tmp_path / "t.zarr", mode="r+")  # written by another tool: no volseg block
     del foreign.group.attrs["volseg"]
-    assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr")["overall"]["dice"] == 1
+    assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr").overall["dice"] == 1
 
 
 def test_foreground_absent_from_the_scored_truth_is_refused(tmp_path):
@@ -349,7 +379,7 @@ def test_foreground_absent_from_the_scored_truth_is_refused(tmp_path):
     message = _cli_error([tmp_path / "p.zarr", tmp_path / "t.zarr", "--foreground", "7"])
     assert "t.zarr" in message and "--foreground" in message and "7" in message
     # sections where it does occur are scored
-    assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", sections="0:2")["sections_scored"] == [0, 1]
+    assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", sections="0:2").sections_scored == [0, 1]
 
 
 def test_json_report_never_overwrites_an_input(tmp_path):
@@ -422,17 +452,17 @@ def test_roi_prediction_scores_like_the_hand_cropped_truth(tmp_path, pred_kind, 
     opts = EvaluateOptions(foreground=(0,))
     placed = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=opts)
     reference = evaluate(tmp_path / "pc.zarr", tmp_path / "tc.zarr", options=opts)
-    assert placed["region"] == {"z": [2, 5], "y": [8, 31], "x": [5, 37]}
-    assert placed["sections_scored"] == [2, 3, 4]
-    _close(reference["overall"], placed["overall"])
-    for ref_row, row in zip(reference["sections"], placed["sections"], strict=True):
+    assert placed.region == {"z": [2, 5], "y": [8, 31], "x": [5, 37]}
+    assert placed.sections_scored == [2, 3, 4]
+    _close(reference.overall, placed.overall)
+    for ref_row, row in zip(reference.sections, placed.sections, strict=True):
         assert row["section"] == ref_row["section"] + 2
         _close({k: v for k, v in ref_row.items() if k != "section"}, row)
     # --sections are the truth's section numbers
     one = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=opts, sections="3")
     ref_one = evaluate(tmp_path / "pc.zarr", tmp_path / "tc.zarr", options=opts, sections="1")
-    assert one["sections_scored"] == [3]
-    _close(ref_one["overall"], one["overall"])
+    assert one.sections_scored == [3]
+    _close(ref_one.overall, one.overall)
     with pytest.raises(OptionError, match="section 1 .*2:5"):
         evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=opts, sections="1:3")
 
@@ -442,8 +472,8 @@ def test_sub_volume_at_offset_zero_is_scored_on_the_overlap(tmp_path):
     _write_placed(tmp_path / "t.zarr", binary, "mask")
     _write_placed(tmp_path / "p.zarr", (binary[:2, :20] == 0).astype(np.uint8) * 255, "probability")
     report = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", options=EvaluateOptions(foreground=(0,)))
-    assert report["region"] == {"z": [0, 2], "y": [0, 20], "x": [0, 30]}
-    assert report["overall"]["dice"] == 1 and report["sections_scored"] == [0, 1]
+    assert report.region == {"z": [0, 2], "y": [0, 20], "x": [0, 30]}
+    assert report.overall["dice"] == 1 and report.sections_scored == [0, 1]
     result = runner.invoke(app, ["evaluate", str(tmp_path / "p.zarr"), str(tmp_path / "t.zarr")])
     assert result.exit_code == 0, result.output
     assert "scored the overlap" in " ".join(result.stdout.split())
@@ -527,10 +557,10 @@ def test_predict_roi_then_segment_then_evaluate_against_the_whole_truth(tmp_path
         _unplaced_copy(tmp_path / f"{name}.zarr", tmp_path / f"{name}_ref.zarr")
         placed = evaluate(tmp_path / f"{name}.zarr", tmp_path / "t.zarr")
         reference = evaluate(tmp_path / f"{name}_ref.zarr", tmp_path / "tc.zarr")
-        assert placed["region"] == {"z": [1, 3], "y": [8, 56], "x": [16, 72]}, name
-        assert placed["kind"] == ("binary" if name == "p" else "instance")
-        _close(reference["overall"], placed["overall"])
-        assert [r["section"] for r in placed["sections"]] == [1, 2]
+        assert placed.region == {"z": [1, 3], "y": [8, 56], "x": [16, 72]}, name
+        assert placed.kind == ("binary" if name == "p" else "instance")
+        _close(reference.overall, placed.overall)
+        assert [r["section"] for r in placed.sections] == [1, 2]
     result = runner.invoke(app, ["evaluate", str(tmp_path / "c.zarr"), str(tmp_path / "t.zarr")])
     assert result.exit_code == 0, result.output
     assert "scored the overlap z 1:3, y 8:56, x 16:72" in " ".join(result.stdout.split())

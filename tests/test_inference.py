@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 from volseg.core import tiling
+from volseg.core.tiling import round_up
 from volseg.errors import OptionError
 from volseg.nn.inference import InferOptions, infer_image, infer_padded, pad_block
-from volseg.nn.model import UNet, UNetConfig, normalize, round_up
+from volseg.nn.intensity import normalize
+from volseg.nn.unet import UNet, UNetConfig
 
 FP32 = dict(precision="fp32", activation="none")
 

@@ -1,4 +1,4 @@
-"""volseg.core.metrics: against scikit-image, against hand-worked cases, block accumulation, properties."""
+"""volseg.core.metrics and volseg.core.isbi: against scikit-image, hand-worked cases, block accumulation."""
 
 from __future__ import annotations
 
@@ -12,15 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from volseg.core.metrics import (
-    SCRIPT_THRESHOLDS,
-    ConfusionCounts,
-    Contingency,
-    isbi_scores,
-    pixel_scores,
-    rand_info_scores,
-    thin_boundaries,
-)
+from volseg.core.isbi import SCRIPT_THRESHOLDS, isbi_scores, thin_boundaries
+from volseg.core.metrics import ConfusionCounts, Contingency, pixel_scores, rand_info_scores
 from volseg.errors import InputError, OptionError
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"

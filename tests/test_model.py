@@ -13,18 +13,11 @@ import pytest
 import torch
 
 from volseg.errors import ModelError, OptionError
-from volseg.nn.model import (
-    FORMAT_VERSION,
-    UNet,
-    UNetConfig,
-    autocast_context,
-    load_model,
-    model_checksum,
-    normalize,
-    read_model_file,
-    resolve_precision,
-    save_model,
-)
+from volseg.nn.intensity import normalize
+from volseg.nn.modelfile import FORMAT_VERSION, load_model, model_checksum, read_model_file, save_model
+from volseg.nn.runtime import autocast_context, resolve_precision
+from volseg.nn.unet import UNet, UNetConfig
+from volseg.storage.conventions import Convention
 
 NORM = {"mode": "meanstd", "mean": 120.0, "std": 30.0}
 
@@ -37,8 +30,7 @@ def tiny(**kw) -> UNet:
 def save(path, model, **kw):
     args = dict(
         normalization=NORM,
-        foreground=[0],
-        label_convention="membrane=1 (labels == 0)",
+        convention=Convention(foreground=(0,), foreground_kind="boundary"),
         provenance={"sources": ["a.tif"]},
         metrics={"val_dice": np.float32(0.5)},
         train_config={"steps": 3, "lr": 1e-3},

@@ -14,8 +14,11 @@ import torch
 from typer.testing import CliRunner
 
 from volseg.app.cli import app
-from volseg.errors import ModelError
-from volseg.nn.model import FORMAT, UNet, UNetConfig, load_model, read_model_file, save_model
+from volseg.errors import ModelError, OptionError
+from volseg.nn.intensity import normalize
+from volseg.nn.modelfile import FORMAT, FORMAT_VERSION, load_model, read_model_file, save_model
+from volseg.nn.unet import UNet, UNetConfig
+from volseg.storage.conventions import Convention, legacy_convention
 from volseg.storage.volumes import create_volume
 
 runner = CliRunner()
@@ -30,8 +33,7 @@ def _model_bytes(tmp_path: pathlib.Path) -> tuple[bytes, bytes, dict]:
         tmp_path / "real.pt",
         model,
         normalization=NORM,
-        foreground=[0],
-        label_convention="membrane=1 (labels == 0)",
+        convention=Convention(foreground=(0,), foreground_kind="boundary"),
         provenance={"sources": ["a.tif"]},
         metrics={"val_dice": 0.5},
         train_config={"steps": 3},
@@ -146,6 +148,19 @@ def _odd_payloads(payload: dict) -> dict[str, tuple[object, str]]:
         "foreground str": ({**payload, "foreground": "0"}, "foreground"),
         "foreground floats": ({**payload, "foreground": [0.5]}, "foreground"),
         "label_convention int": ({**payload, "label_convention": 3}, "label_convention is a int"),
+        "convention missing": (
+            {k: v for k, v in payload.items() if k != "convention"},
+            "convention is missing",
+        ),
+        "convention list": ({**payload, "convention": [0]}, "convention is a list"),
+        "convention kind": (
+            {**payload, "convention": {**payload["convention"], "foreground_kind": "cell"}},
+            "foreground_kind 'cell'",
+        ),
+        "convention foreground": (
+            {**payload, "convention": {**payload["convention"], "foreground": [255]}},
+            "convention foreground [255] differs from foreground [0]",
+        ),
         "metrics list": ({**payload, "metrics": []}, "metrics is a list"),
         "training_state list": ({**payload, "training_state": [1]}, "training_state is a list"),
     }
@@ -164,6 +179,96 @@ def test_valid_torch_files_of_odd_objects_are_refused(tmp_path, legacy):
         assert "\n" not in message and len(message) < 400, (name, message)
     torch.save(payload, path, _use_new_zipfile_serialization=not legacy)
     assert load_model(path).config == UNetConfig(base_channels=2, depth=1, convs_per_level=1)
+
+
+# ---------------------------------------------------------------- format versions
+FIXTURE_V1 = pathlib.Path(__file__).parent / "fixtures" / "model-v1.pt"  # tests/fixtures/make_model_v1.py
+# What the fixture's network gave, with volseg 0.1's code, on the 8 x 8 ramp below: the sum of its 64
+# logits and the logits at flat indices 0, 7, 9, 27, 36, 63.
+V1_SUM = -32.54779580235481
+V1_LOGITS = [-0.6064786314964294, -0.48551443219184875, -0.7315471768379211, -0.4514014422893524]
+V1_LOGITS += [-0.4264313876628876, -0.4279768764972687]
+
+
+def test_a_format_1_file_written_by_volseg_0_1_still_loads_and_predicts_the_same():
+    data = read_model_file(FIXTURE_V1)
+    assert data["format_version"] == 1 and "convention" not in torch.load(FIXTURE_V1, weights_only=True)
+    legacy = {"scale": 1.0, "offset": 0.0, "foreground": [0], "foreground_kind": "boundary"}
+    assert data["convention"] == legacy  # derived from foreground and the label_convention text
+    model = load_model(FIXTURE_V1)
+    meta = model.volseg_meta
+    assert model.config == UNetConfig(base_channels=2, depth=1, convs_per_level=1)
+    assert meta["convention"] == legacy and meta["foreground"] == [0]
+    assert meta["label_convention"] == "probability of labels in [0] (boundaries: membrane probability = p)"
+    ramp = np.arange(64, dtype=np.uint8).reshape(1, 1, 8, 8) * 4
+    with torch.no_grad():
+        logits = model(torch.from_numpy(normalize(ramp, meta["normalization"]))).flatten()
+    assert logits.double().sum().item() == pytest.approx(V1_SUM, abs=1e-5)
+    torch.testing.assert_close(logits[[0, 7, 9, 27, 36, 63]], torch.tensor(V1_LOGITS), rtol=0, atol=1e-6)
+
+
+def test_a_format_2_file_stores_the_convention_as_data_and_the_older_fields(tmp_path):
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=2, depth=1, convs_per_level=1)).eval()
+    convention = Convention(foreground=(255, 128), foreground_kind="object")
+    parts = dict(normalization=NORM, provenance={}, metrics={}, train_config={})
+    path = save_model(tmp_path / "m.pt", model, convention=convention, **parts)
+    raw = torch.load(path, weights_only=True)
+    assert raw["format_version"] == FORMAT_VERSION == 2
+    assert (
+        raw["convention"]
+        == convention.to_dict()
+        == {
+            "scale": 1.0,
+            "offset": 0.0,
+            "foreground": [255, 128],
+            "foreground_kind": "object",
+        }
+    )
+    assert raw["foreground"] == [255, 128]
+    text = "probability of labels in [255,128] (objects: membrane probability = 1 - p)"
+    assert raw["label_convention"] == text
+    assert legacy_convention(raw) == convention  # a reader of 0.1's fields sees the same meaning
+    assert load_model(path).volseg_meta["convention"] == convention.to_dict()
+    assert read_model_file(path)["convention"] == convention.to_dict()
+
+
+def test_save_model_takes_one_convention_of_a_probability(tmp_path):
+    model = UNet(UNetConfig(base_channels=2, depth=1, convs_per_level=1))
+    parts = dict(normalization=NORM, provenance={}, metrics={}, train_config={})
+    boundary = Convention(foreground=(0,), foreground_kind="boundary")
+    refused = {
+        "convention is missing": {},
+        "scale 0.00392157 / offset 0": {"convention": boundary.for_dtype("uint8")},
+        "pass convention alone": {"convention": boundary, "foreground": [0]},
+        "convention is a dict": {"convention": boundary.to_dict()},
+    }
+    for needle, kw in refused.items():
+        with pytest.raises(OptionError, match=needle):
+            save_model(tmp_path / "m.pt", model, **parts, **kw)
+    assert not list(tmp_path.iterdir())
+    # 0.1's two fields still work while callers move to convention=
+    text = "probability of labels in [3] (objects: membrane probability = 1 - p)"
+    path = save_model(tmp_path / "m.pt", model, **parts, foreground=[3], label_convention=text)
+    raw = torch.load(path, weights_only=True)
+    assert raw["label_convention"] == text and raw["foreground"] == [3]
+    assert raw["convention"] == Convention(foreground=(3,), foreground_kind="object").to_dict()
+
+
+def test_newer_and_older_format_versions_are_refused(tmp_path):
+    _, _, payload = _model_bytes(tmp_path)
+    path = tmp_path / "v.pt"
+    for version in (3, 0):
+        torch.save({**payload, "format_version": version}, path)
+        with pytest.raises(ModelError) as err:
+            read_model_file(path)
+        assert str(err.value) == (
+            f"model {path}: format version {version} is not supported; this volseg reads versions 1 and 2 "
+            "(upgrade volseg for newer files)"
+        )
+    # a format-1 file has no convention field to check: its foreground and text are read instead
+    torch.save({**{k: v for k, v in payload.items() if k != "convention"}, "format_version": 1}, path)
+    assert load_model(path).volseg_meta["convention"]["foreground"] == [0]
 
 
 # ------------------------------------------------------------------- pickled code
@@ -212,7 +317,7 @@ def test_pickled_code_is_refused_named_and_not_run(tmp_path, capfd, legacy):
 
 
 def test_pickled_code_without_a_named_global_is_refused(tmp_path):
-    from volseg.nn.model import _unsafe_reason
+    from volseg.nn.modelfile import _unsafe_reason
 
     assert _unsafe_reason("Weights only load failed. GLOBAL posix.system was not allowed") == "posix.system"
     assert _unsafe_reason(

@@ -14,14 +14,13 @@ from volseg.core.augment import AugmentConfig
 from volseg.core.weights import border_weights, instances_from_mask
 from volseg.errors import InputError, OptionError
 from volseg.nn.inference import PAD_MODE
-from volseg.nn.model import normalize
+from volseg.nn.intensity import normalize
 from volseg.nn.patches import (
     BatchIndices,
     PatchConfig,
     PatchDataset,
     context_sections,
     intensity_stats,
-    parse_sections,
     scan_labels,
     split_sections,
 )
@@ -154,18 +153,25 @@ def test_batch_indices():
 
 
 def test_sections_and_split():
-    assert parse_sections("25:30", 30) == (25, 26, 27, 28, 29)
-    assert parse_sections("-2:", 30) == (28, 29)
-    assert parse_sections("0,4,10:12", 30) == (0, 4, 10, 11)
+    """--val-slices takes the grammar of --sections (core.sections.parse_sections), sorted for training."""
     assert split_sections(30, "25:30") == (tuple(range(25)), tuple(range(25, 30)))
+    assert split_sections(30, "-2:")[1] == (28, 29)
+    assert split_sections(30, "0,4,10:12")[1] == (0, 4, 10, 11)
+    assert split_sections(30, "0:30:5")[1] == (0, 5, 10, 15, 20, 25)  # steps, as --sections takes them
+    assert split_sections(30, "12,3,-1")[1] == (3, 12, 29)  # sorted, whatever the order given
+    assert split_sections(30, "0:30:5")[0] == tuple(z for z in range(30) if z % 5)
     assert split_sections(30, val_fraction=0.1) == (tuple(range(27)), (27, 28, 29))
     assert split_sections(5, val_fraction=0.0) == (tuple(range(5)), ())
     with pytest.raises(OptionError, match="leaves none for training"):
         split_sections(30, "0:30")
-    with pytest.raises(OptionError, match="selects no section"):
+    with pytest.raises(OptionError, match="--val-slices '40:50': range 40:50 reaches outside"):
         split_sections(30, "40:50")
-    with pytest.raises(OptionError, match="START:STOP"):
-        parse_sections("a:b", 30)
+    with pytest.raises(OptionError, match="--val-slices '30': section 30 is outside"):
+        split_sections(30, "30")
+    with pytest.raises(OptionError, match="--val-slices 'a:b': expected indices like 0,5,10 or a range"):
+        split_sections(30, "a:b")
+    with pytest.raises(OptionError, match="selects no section"):
+        split_sections(30, " , ")
 
 
 def test_scan_labels_checks(arrays):

@@ -19,7 +19,7 @@ import volseg
 from volseg.app.cli import app
 from volseg.errors import IncompleteRunError, ModelError, OptionError, OutputError
 from volseg.nn.inference import InferOptions, infer_image
-from volseg.nn.model import load_model, model_checksum
+from volseg.nn.modelfile import load_model, model_checksum
 from volseg.stages.predict import PredictOptions, mask_path, plan_prediction, predict
 from volseg.storage.volumes import open_volume
 
@@ -229,14 +229,19 @@ def test_output_metadata_threshold_mask_and_api(tmp_path, em):
     assert meta["predict"]["identity"]["source"] == str(em["image"].resolve())
     assert meta["predict"]["settings"]["threshold"] == 0.5
     assert str(em["model"].resolve()) in [s["path"] for s in meta["provenance"]["sources"]]
+    model_convention = load_model(em["model"]).volseg_meta["convention"]  # copied, stored as float32
+    assert meta["convention"] == {**model_convention, "scale": 1.0, "offset": 0.0}
     mask = open_volume(mask_path(out))
     assert result.mask == str(mask.path) and mask.complete and mask.kind == "mask"
+    assert "convention" not in mask.meta  # 0 / 1 values, not probabilities
     np.testing.assert_array_equal(mask.array[:], (vol.array[:] >= 0.5).astype(np.uint8))
 
     u8 = predict(em["model"], em["image"], tmp_path / "u8.zarr", roi="1:3,10:100,20:150")
     vol8 = open_volume(tmp_path / "u8.zarr")
     assert vol8.dtype == np.uint8 and vol8.shape == (2, 90, 130)
     assert vol8.meta["values"]["scale"] == pytest.approx(1 / 255)
+    assert vol8.meta["convention"]["scale"] == pytest.approx(1 / 255)
+    assert vol8.meta["convention"]["foreground"] == meta["convention"]["foreground"]
     translation = vol8.group.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][1]
     assert translation == {"type": "translation", "translation": [50.0, 40.0, 80.0]}
     expected = np.rint(read(out)[1:3, 10:100, 20:150] * 255)
@@ -445,3 +450,19 @@ def test_group_norm_models_are_told_their_tiles_seam(tmp_path, em):
     whole = plan_prediction(grouped, em["image"], tmp_path / "p.zarr", block=(1, 150, 170))
     assert whole.notes == []  # one tile per section: nothing to stitch
     assert plan_prediction(em["model"], em["image"], tmp_path / "p.zarr", tile=32).notes == []
+
+
+def test_planning_imports_and_runs_without_torch():
+    """The pure planning module sizes blocks and memory without loading torch (or dask)."""
+    code = (
+        "import sys\n"
+        "import volseg.stages.predict.plan as plan\n"
+        "info = plan.ModelInfo('k', None, {'base_channels': 16}, 16, 32, 0, 1, None, {})\n"
+        "cpb = plan.grouping((8, 3000, 3000), (1, 512, 512), None, 1024, 4)\n"
+        "mem = plan.estimate_memory((4, 1024, 1024), 1024, 32, 4, info, 'bf16', 1)\n"
+        "assert cpb == (4, 2, 2) and mem > 0, (cpb, mem)\n"
+        "loaded = [m for m in ('torch', 'dask', 'distributed') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -6,14 +6,15 @@ import json
 
 import numpy as np
 import pytest
-from cli_support import translate
 from PIL import Image
+from support import translate
 from typer.testing import CliRunner
 
 import volseg.stages.preview as pv
 from volseg.app.cli import app
+from volseg.core.montage import GAP, TITLE_HEIGHT, label_colours
 from volseg.errors import InputError, OptionError
-from volseg.stages.preview import GAP, TITLE_HEIGHT, PreviewOptions, label_colours, parse_sections, preview
+from volseg.stages.preview import PreviewOptions, parse_sections, preview
 from volseg.storage.volumes import create_volume
 
 runner = CliRunner()
@@ -48,19 +49,33 @@ def test_png_has_the_expected_size_and_titles(tmp_path):
     )
     png = Image.open(tmp_path / "p.png")
     assert png.format == "PNG" and png.mode == "RGB"
-    assert (
-        png.size
-        == (GAP + 3 * (100 + GAP), GAP + (TITLE_HEIGHT + 50 + GAP))
-        == (info["width"], info["height"])
-    )
-    assert info["sections"] == [0, 2, 3]
+    assert png.size == (GAP + 3 * (100 + GAP), GAP + (TITLE_HEIGHT + 50 + GAP)) == (info.width, info.height)
+    assert info.sections == [0, 2, 3]
     title = np.asarray(png)[GAP : GAP + TITLE_HEIGHT, GAP : GAP + 60]
     assert (title > 200).any()  # the title text is drawn
     again = preview(
         tmp_path / "i.zarr", tmp_path / "q.png", options=PreviewOptions(sections=(0, 2, 3), panel=100)
     )
-    assert again["width"] == info["width"]
+    assert again.width == info.width
     assert (tmp_path / "p.png").read_bytes() == (tmp_path / "q.png").read_bytes()  # deterministic
+
+
+def test_result_and_progress(tmp_path):
+    _write(tmp_path / "i.zarr", _image())
+    updates = []
+    info = preview(
+        tmp_path / "i.zarr", tmp_path / "p.png", PreviewOptions(sections=(0, 2)), progress=updates.append
+    )
+    assert [u.done for u in updates] == [0, 1, 2, 2] and updates[-1].finished
+    assert info.to_dict() == {
+        "path": str(tmp_path / "p.png"),
+        "width": info.width,
+        "height": info.height,
+        "sections": [0, 2],
+        "level": 0,
+        "overlay_level": None,
+        "overlay_region": None,
+    }
 
 
 def test_mask_colour_appears_where_the_mask_is_set_and_nowhere_else(tmp_path):
@@ -126,13 +141,13 @@ def test_huge_volume_path_reads_only_drawn_sections_of_a_pyramid_level(tmp_path,
         pv, "_read_section", lambda v, level, z: (reads.append((level, z)), real(v, level, z))[1]
     )
     info = preview(tmp_path / "i.zarr", tmp_path / "p.png", options=PreviewOptions(sections=(1, 4), panel=64))
-    assert info["level"] == 2  # 256 / 4 = 64 px: the smallest level that still fills a 64 px panel
+    assert info.level == 2  # 256 / 4 = 64 px: the smallest level that still fills a 64 px panel
     assert sorted(set(reads)) == [(2, 1), (2, 4)]
     assert Image.open(tmp_path / "p.png").size == (GAP + 2 * (48 + GAP), GAP + TITLE_HEIGHT + 64 + GAP)
     fixed = preview(
         tmp_path / "i.zarr", tmp_path / "q.png", options=PreviewOptions(sections=(1,), panel=64, level=1)
     )
-    assert fixed["level"] == 1
+    assert fixed.level == 1
 
 
 def test_parse_sections():
@@ -212,8 +227,8 @@ def test_translated_overlay_is_drawn_where_it_lies(tmp_path):
         overlay=tmp_path / "m.zarr",
         options=PreviewOptions(panel=60, alpha=0.5),
     )
-    assert info["sections"] == [2, 3]  # by default, sections where the overlay lies
-    assert info["overlay_region"] == {"z": [2, 4], "y": [10, 30], "x": [20, 50]}
+    assert info.sections == [2, 3]  # by default, sections where the overlay lies
+    assert info.overlay_region == {"z": [2, 4], "y": [10, 30], "x": [20, 50]}
     png = Image.open(tmp_path / "p.png")
     expected = np.zeros((40, 60), bool)
     expected[10:30, 25:50] = True
@@ -247,7 +262,7 @@ def test_overlay_over_a_translated_base_and_probabilities_of_a_roi(tmp_path):
         overlay=tmp_path / "c.zarr",
         options=PreviewOptions(panel=24, style="fill", alpha=1.0),
     )
-    assert info["sections"] == [0, 1] and info["overlay_region"] == {"z": [0, 2], "y": [0, 16], "x": [0, 24]}
+    assert info.sections == [0, 1] and info.overlay_region == {"z": [0, 2], "y": [0, 16], "x": [0, 24]}
     panel = _panel(Image.open(tmp_path / "a.png"), 0, 1, (16, 24), 2)
     assert (panel[5, 5] == label_colours(np.array([[5]]))[0, 0]).all()
     # the ROI's probabilities over the whole image: a heat map where they lie, the raw data elsewhere

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,10 +12,11 @@ from skimage.metrics import adapted_rand_error
 from skimage.segmentation import find_boundaries
 from typer.testing import CliRunner
 
-import volseg.stages.segment as seg
+import volseg.stages.segment.passes as seg
 from volseg.app.cli import app
+from volseg.core.segmentation import label_dtype, segment_array, segment_section
 from volseg.errors import IncompleteRunError, InputError, OptionError, OutputError
-from volseg.stages.segment import SegmentOptions, label_dtype, segment, segment_array, segment_section
+from volseg.stages.segment import SegmentOptions, segment
 from volseg.storage.volumes import create_volume, open_volume
 
 runner = CliRunner()
@@ -135,7 +137,7 @@ def test_2d_chunked_equals_whole_array(tmp_path, relabel):
     np.testing.assert_array_equal(out.data.compute(), segment_array(prob / 255.0, opts))
     assert out.complete and out.kind == "label" and out.dtype == np.uint32
     assert "image-label" in out.group.attrs["ome"] and out.voxel_size == (50.0, 4.0, 4.0)
-    assert info["ids"] == ("consecutive" if relabel else "sparse")
+    assert info.ids == ("consecutive" if relabel else "sparse")
     assert not (tmp_path / "c.zarr" / ".volseg" / "segment").exists()  # scratch removed
 
 
@@ -214,7 +216,7 @@ def test_crash_in_the_second_pass_resumes(tmp_path, monkeypatch):
         segment(tmp_path / "p.zarr", tmp_path / "c.zarr", options=opts)
     monkeypatch.setattr(seg, "_pass2_task", real)
     info = segment(tmp_path / "p.zarr", tmp_path / "c.zarr", options=opts, resume=True)
-    assert info["resumed_blocks"] > 0
+    assert info.resumed_blocks > 0
     np.testing.assert_array_equal(
         open_volume(tmp_path / "c.zarr").data.compute(), open_volume(tmp_path / "clean.zarr").data.compute()
     )
@@ -226,14 +228,36 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path):
     segment(tmp_path / "p.zarr", tmp_path / "c.zarr")
     with pytest.raises(OutputError, match="--overwrite"):
         segment(tmp_path / "p.zarr", tmp_path / "c.zarr")
-    assert (
-        segment(tmp_path / "p.zarr", tmp_path / "c.zarr", resume=True)["resumed_blocks"] == 2
-    )  # nothing to do
+    assert segment(tmp_path / "p.zarr", tmp_path / "c.zarr", resume=True).resumed_blocks == 2  # nothing to do
     with pytest.raises(OutputError, match="threshold"):
         segment(tmp_path / "p.zarr", tmp_path / "c.zarr", options=SegmentOptions(threshold=0.3), resume=True)
     segment(tmp_path / "p.zarr", tmp_path / "c.zarr", options=SegmentOptions(threshold=0.3), overwrite=True)
     with pytest.raises(OptionError, match="exclude"):
         segment(tmp_path / "p.zarr", tmp_path / "c.zarr", overwrite=True, resume=True)
+
+
+def test_result_and_progress(tmp_path):
+    _, prob = _toy_cells((2, 32, 32), 4, seed=14)
+    _write(tmp_path / "p.zarr", prob, (1, 32, 32))
+    updates = []
+    result = segment(tmp_path / "p.zarr", tmp_path / "c.zarr", progress=updates.append)
+    assert {u.task for u in updates} == {"segment"}
+    assert [u.message for u in updates if u.message] == ["labelling 2 of 2 sections bands"]
+    assert updates[-1].finished and updates[-1].done == updates[-1].total == result.blocks == 2
+    assert result.to_dict() == {
+        "path": result.path,
+        "mode": "2d",
+        "ids": "sparse",
+        "labels": 2 * 32 * 32,
+        "dtype": "uint32",
+        "blocks": 2,
+        "resumed_blocks": 0,
+    }
+    updates.clear()
+    again = segment(tmp_path / "p.zarr", tmp_path / "c.zarr", resume=True, progress=updates.append)
+    assert again.resumed_blocks == 2 and [u.message for u in updates if u.message] == ["already complete"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        again.labels = 0
 
 
 def test_incomplete_input_is_refused(tmp_path):

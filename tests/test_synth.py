@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -10,8 +11,10 @@ from scipy import ndimage as ndi
 from typer.testing import CliRunner
 
 from volseg.app.cli import app
+from volseg.core.synth import INTERIOR, MEMBRANE, SynthParams, synth_block
 from volseg.errors import OptionError, OutputError
-from volseg.stages.synth import INTERIOR, MEMBRANE, SynthParams, synth, synth_block
+from volseg.stages.synth import SynthResult, synth
+from volseg.storage.conventions import Convention, truth_membrane_values
 from volseg.storage.volumes import open_volume
 
 SHAPE = (4, 230, 150)
@@ -139,6 +142,25 @@ def test_bad_arguments_are_option_errors(tmp_path):
     with pytest.raises(OutputError, match="--overwrite"):
         synth(tmp_path / "s", (1, 16, 16))
     synth(tmp_path / "s", (1, 16, 16), overwrite=True)
+
+
+def test_result_progress_and_recorded_convention(tmp_path):
+    updates = []
+    result = synth(tmp_path / "s", (2, 40, 30), seed=1, chunks=(1, 40, 16), progress=updates.append)
+    assert isinstance(result, SynthResult)
+    data = result.to_dict()
+    assert data == json.loads(json.dumps(data))  # plain JSON data
+    assert data["membranes"] == str(tmp_path / "s" / "membranes.zarr") and data["shape"] == [2, 40, 30]
+    assert data["mvox_per_s"] == result.mvox_per_s
+    assert [(u.done, u.total, u.unit) for u in updates] == [(n, 4, "chunks") for n in range(5)] + [
+        (4, 4, "chunks")
+    ]
+    assert updates[-1].finished and not any(u.finished for u in updates[:-1])
+    membranes = open_volume(result.membranes)
+    convention = Convention.from_dict(membranes.meta["convention"])
+    assert convention.foreground == (MEMBRANE,) and convention.foreground_kind == "boundary"
+    assert convention.scale == pytest.approx(1 / 255) and convention.offset == 0
+    assert truth_membrane_values(membranes) == (MEMBRANE,)
 
 
 def test_cli_writes_three_complete_volumes(tmp_path):

@@ -16,9 +16,12 @@ import torch
 from typer.testing import CliRunner
 
 from volseg.app.cli import app
-from volseg.errors import OptionError, OutputError
+from volseg.core.augment import AugmentConfig
+from volseg.core.progress import Update
+from volseg.errors import InputError, OptionError, OutputError
 from volseg.nn.inference import InferOptions, infer_image
-from volseg.nn.model import load_model, read_model_file
+from volseg.nn.modelfile import load_model, read_model_file
+from volseg.nn.unet import UNetConfig
 from volseg.stages.synth import synth_block
 from volseg.stages.train import (
     TrainConfig,
@@ -26,9 +29,11 @@ from volseg.stages.train import (
     load_config_file,
     lr_factor,
     parse_duration,
+    resolve_config,
     train,
     validation_metrics,
 )
+from volseg.stages.train.config import option_default, option_names, write_config_toml
 from volseg.storage.volumes import create_volume
 
 runner = CliRunner()
@@ -36,7 +41,7 @@ SHAPE = (8, 96, 96)
 # A tiny, fast model and run; fp32 on CPU so that runs are bitwise reproducible.
 TINY = dict(
     patch_size=64, batch_size=4, base_channels=6, depth=2, val_slices="6:8", device="cpu", precision="fp32",
-    workers=0, progress=False, augment="light", lr=3e-3, warmup_steps=5,
+    workers=0, augment="light", lr=3e-3, warmup_steps=5,
 )  # fmt: skip
 
 
@@ -98,6 +103,13 @@ def test_loss_falls_and_dice_beats_the_trivial_baseline(data, tmp_path):
     meta = model.volseg_meta
     assert meta["foreground"] == [0] and meta["normalization"]["mode"] == "meanstd"
     assert meta["train_config"]["steps"] == 80 and "membrane probability = p" in meta["label_convention"]
+    assert meta["convention"]["foreground"] == [0] and meta["convention"]["foreground_kind"] == "boundary"
+    plain = json.loads(json.dumps(result.to_dict()))
+    assert (
+        plain["steps"] == 80
+        and plain["model"] == str(result.model)
+        and plain["config"]["model"]["depth"] == 2
+    )
     assert 0.0 <= result.data_wait_fraction < 1.0 and result.steps_per_second > 0
     # validation scores what predict gives: the best model through infer_image on the held-out sections
     image, _, _ = synth_block(SHAPE, seed=3)
@@ -141,6 +153,10 @@ def test_resume_refuses_changed_options_and_missing_checkpoint(data, tmp_path):
     run(data, tmp_path / "m.pt", steps=2, val_every=2)
     with pytest.raises(OptionError, match="--lr 0.5 differs from the checkpoint's 0.003"):
         run(data, tmp_path / "m.pt", steps=4, resume=True, lr=0.5)
+    with pytest.raises(OptionError, match="--depth 3 differs from the checkpoint's 2"):
+        run(data, tmp_path / "m.pt", steps=4, resume=True, depth=3)
+    with pytest.raises(OptionError, match="augment p_noise 0.0 differs from the checkpoint's 0.2"):
+        run(data, tmp_path / "m.pt", steps=4, resume=True, augment_prob="noise=0")
     with pytest.raises(OutputError, match="already exists; pass --overwrite"):
         run(data, tmp_path / "m.pt", steps=2)
 
@@ -157,7 +173,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint(data, tmp_path, monkeypatc
             raise OSError(28, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr("volseg.nn.model.os.replace", broken_replace)
+    monkeypatch.setattr("volseg.storage.files.os.replace", broken_replace)
     with pytest.raises(OutputError, match="No space left on device.*previous file, if any, is intact"):
         run(data, tmp_path / "m.pt", steps=8, val_every=2, resume=True)
     monkeypatch.undo()
@@ -237,13 +253,12 @@ def test_config_file_and_command_line_override(data, tmp_path):
         saved["steps"] == 3
         and saved["lr"] == 0.002
         and saved["batch_size"] == 2
-        and saved["augment"] == "none"
+        and TrainConfig(augment=saved["augment"]).augment == AugmentConfig.preset("none")
+        and saved["model"]["base_channels"] == 4
     )
     resolved = load_config_file(tmp_path / "m.config.toml")
     assert resolved["steps"] == 3 and resolved["patch_size"] == 64 and resolved["foreground"] == [0]
-    assert TrainConfig(**resolved) == TrainConfig(
-        **{**saved, "overwrite": False, "resume": False, "progress": True}
-    )
+    assert TrainConfig(**resolved) == TrainConfig(**{**saved, "overwrite": False, "resume": False})
 
 
 def test_other_losses_context_and_objects_train(data, tmp_path):
@@ -329,3 +344,116 @@ def test_validation_metrics_read_boundaries_and_objects():
     assert objects["v_rand"] == objects["v_info"] == 1.0
     inverted = validation_metrics(cells.astype(np.float32), membrane, "boundary")
     assert inverted["pixel_error"] == 1.0 and inverted["v_rand"] < 0.5
+
+
+# ------------------------------------------------------------------ configs from their annotations
+def test_flat_keys_and_nested_tables_are_one_config(tmp_path):
+    flat = tmp_path / "flat.toml"
+    flat.write_text(
+        'base_channels = 4\ndepth = 2\naugment = "heavy"\naugment_prob = "noise=0"\nprogress = false\n'
+    )
+    nested = tmp_path / "nested.toml"
+    nested.write_text('[model]\nbase-channels = 4\ndepth = 2\n\n[augment]\npreset = "heavy"\np_noise = 0.0\n')
+    a, b = resolve_config(file=flat), resolve_config(file=nested)
+    assert a == b and a.model == UNetConfig(base_channels=4, depth=2)
+    assert a.augment == AugmentConfig.preset("heavy").with_probabilities({"noise": 0.0})
+    assert load_config_file(flat)["progress"] is False  # the CLI's business, not an option of the run
+    # later layers win key by key inside a table; a preset replaces the whole table
+    c = resolve_config(None, nested, depth=3, augment_prob="elastic=0")
+    assert (c.model.depth, c.model.base_channels, c.augment.p_elastic, c.augment.p_noise) == (3, 4, 0.0, 0.0)
+    assert resolve_config(None, nested, augment="light").augment == AugmentConfig.preset("light")
+    assert resolve_config(TrainConfig(augment="light"), None, base_channels=8).augment.p_noise == 0.2
+    # the resolved config written as TOML reads back to the same config
+    write_config_toml(c, tmp_path / "c.toml")
+    assert TrainConfig(**load_config_file(tmp_path / "c.toml")) == c
+    # values are coerced from the dataclasses' annotations
+    coerced = TrainConfig(foreground="0,255", lr="0.01", patch_size=128.0, model={"dropout": 0})
+    assert coerced.foreground == (0, 255) and coerced.lr == 0.01 and coerced.patch_size == 128
+    assert coerced.model.dropout == 0.0 and isinstance(coerced.model.dropout, float)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model = 5", "model 5: expected a table of UNetConfig fields"),
+        ("[model]\nseed = 1", "model: unknown key 'seed'; known keys are base_channels"),
+        ("depth = 2\n[model]\ndepth = 3", "depth is given twice"),
+        ('depth = "deep"', "--depth 'deep': expected an integer"),
+        ("[model]\nout_channels = 2", "training makes a binary model"),
+        ("[model]\ndepth = 9", "model depth=9: use 1..8"),
+        ("augment = 5", "--augment 5: expected a preset name or a table of AugmentConfig fields"),
+        ('augment = "wild"', "--augment 'wild': unknown preset"),
+        ('[augment]\np_noise = "x"', "augment p_noise 'x': expected a number"),
+        ("[augment]\nscale_range = [1]", r"augment scale_range \[1\]: expected a list of 2 numbers"),
+        ("[augment]\np_noise = 2.0", "augmentation probability noise=2.0"),
+        ("progress = 3", "--progress 3: expected true or false"),
+        ("overwrite = 1", "--overwrite 1: expected true or false"),
+        ('foreground = "a"', "--foreground 'a': expected comma-separated integers"),
+        ("patch_size = 1.5", "--patch-size 1.5: expected an integer"),
+    ],
+)
+def test_bad_config_values_are_one_line(tmp_path, text, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(text + "\n")
+    with pytest.raises(OptionError, match=message):
+        resolve_config(file=config)
+
+
+def test_cli_defaults_are_the_dataclasses():
+    """Each train option's default (typer's, or its help's ``[default: X]``) is TrainConfig's."""
+    import enum
+    import re
+
+    import typer.main
+
+    command = typer.main.get_command(app).commands["train"]
+    checked, different = [], []
+    for param in command.params:
+        if param.name not in option_names():
+            continue
+        expected = option_default(param.name)
+        written = re.search(r"\[default: ([^\]]+)\]", param.help or "")
+        if param.default is not None:
+            shown = param.default.value if isinstance(param.default, enum.Enum) else param.default
+            ok = shown == expected and not written  # declared once in the command
+        elif written:  # options whose default the CLI cannot hold (a tuple, a preset, steps unless a limit)
+            text = ",".join(map(str, expected)) if isinstance(expected, tuple) else str(expected)
+            ok = written.group(1).split(" unless ")[0] == text
+        else:
+            ok = expected is None or isinstance(expected, bool)
+        checked.append(param.name)
+        if not ok:
+            different.append(param.name)
+    assert different == [] and len(checked) >= 28
+    assert option_default("depth") == UNetConfig().depth and option_default("augment") == "default"
+
+
+def test_val_slices_take_the_section_grammar(data, tmp_path, monkeypatch):
+    """--val-slices 0:8:4 (steps, as --sections takes them) trains; a figure that fails only warns."""
+
+    def no_figure(log, png):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr("volseg.storage.curves.plot_curves", no_figure)
+    out = tmp_path / "m.pt"
+    args = cli_args(data, out, "--steps", "2", "--val-every", "2", "--precision", "fp32")[3:]
+    args[args.index("6:8")] = "0:8:4"
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert read_model_file(out)["extra"]["val_sections"] == [0, 4]
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert warnings and all(line.startswith("volseg: warning: could not draw") for line in warnings)
+    with pytest.raises(OptionError, match="--val-slices '0:9': range 0:9 reaches outside"):
+        run(data, tmp_path / "n.pt", steps=1, val_slices="0:9")
+    assert not (tmp_path / "n.pt").exists()
+
+
+def test_progress_reports_steps_with_loss_and_lr(data, tmp_path):
+    updates: list[Update] = []
+    run(data, tmp_path / "m.pt", steps=3, val_every=3, progress=updates.append)
+    assert {u.task for u in updates} == {"train"} and updates[-1].finished
+    steps = [u for u in updates if u.done > 0 and not u.finished]
+    assert [u.done for u in steps] == [1, 2, 3] and all(u.total == 3 and u.unit == "steps" for u in steps)
+    assert all({"loss", "lr", "steps/s"} <= set(u.info) for u in steps)
+    with pytest.raises(InputError, match="no checkpoint"):
+        run(data, tmp_path / "none.pt", resume=True, progress=updates.append)

@@ -22,7 +22,7 @@ from volseg.version import __version__
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name loads on first use
     from volseg.app.demo import demo
     from volseg.errors import VolsegError
-    from volseg.nn.model import load_model
+    from volseg.nn.modelfile import load_model
     from volseg.stages.convert import convert
     from volseg.stages.evaluate import evaluate
     from volseg.stages.predict import predict
@@ -45,7 +45,7 @@ _NAMES = {
     "open_volume": "volseg.storage.volumes",
     "create_volume": "volseg.storage.volumes",
     "volume_info": "volseg.storage.volumes",
-    "load_model": "volseg.nn.model",
+    "load_model": "volseg.nn.modelfile",
     "VolsegError": "volseg.errors",
 }
 

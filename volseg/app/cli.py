@@ -6,11 +6,13 @@ and exit with code 2; ``volseg --debug COMMAND`` shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -29,6 +31,9 @@ except ImportError:  # pragma: no cover
 from volseg.errors import OptionError, VolsegError
 from volseg.version import __version__
 
+#: convert -> train -> predict -> segment -> evaluate -> preview; then the whole chain, its data, a look.
+COMMAND_ORDER = ("convert", "train", "predict", "segment", "evaluate", "preview", "demo", "synth", "info")
+
 
 class _Group(TyperGroup):
     """The command group: one line for every error, also for those click finds while parsing.
@@ -38,6 +43,11 @@ class _Group(TyperGroup):
     integer, an unknown option) are printed as one line naming the option, with exit code 2,
     like volseg's own errors, instead of a usage box.
     """
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        """The commands in the order of the data flow (``--help`` and docs/cli.md list them so)."""
+        known = [name for name in COMMAND_ORDER if name in self.commands]
+        return known + sorted(set(self.commands) - set(known))
 
     def main(  # type: ignore[override]
         self,
@@ -284,26 +294,13 @@ def synth_cmd(
 
     Example: volseg synth synth-out --shape 30,512,512 --seed 0
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from contextlib import nullcontext
 
+    from volseg.app.progress import TerminalProgress
     from volseg.stages.synth import synth
 
-    columns = (
-        TextColumn("synth"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("chunks"),
-        TimeRemainingColumn(),
-    )
-    bar = Progress(*columns, console=Console(stderr=True), disable=not progress or as_json)
-    task = bar.add_task("synth", total=None)
-
-    def report(done: int, total: int) -> None:  # the bar starts with the first chunk, after all checks
-        bar.start()
-        bar.update(task, completed=done, total=total)
-
-    try:
+    # the bar starts with the first chunk, after all checks
+    with TerminalProgress() if progress and not as_json else nullcontext() as bar:
         result = synth(
             out,
             shape=parse_ints(shape, "--shape"),
@@ -313,10 +310,8 @@ def synth_cmd(
             voxel_size=parse_floats(voxel_size, "--voxel-size"),
             codec=codec,
             workers=workers,
-            progress=report,
+            progress=bar,
         )
-    finally:
-        bar.stop()
     summary = {
         "out": str(result.out),
         "volumes": [str(result.image), str(result.cells), str(result.membranes)],
@@ -376,13 +371,28 @@ class Precision(str, enum.Enum):  # also used by predict
 
 
 def _opt(help_text: str, *names: str) -> Any:
-    # train options default to None ("not given") so that --config and --resume can fill them
-    return typer.Option(*names, help=help_text, show_default=False)
+    # The train options' defaults are TrainConfig's (and its UNetConfig's), kept equal by
+    # tests/test_cli_defaults.py and tests/test_train.py (reading them from the dataclasses here would
+    # import torch on every volseg call, --version too); options without one write theirs in the help.
+    return typer.Option(*names, help=help_text)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Warnings of a stage (stages do not print) as one ``volseg: warning: ...`` line each on stderr."""
+
+    def show(message: Warning | str, *_: object, **__: object) -> None:
+        typer.echo(f"volseg: warning: {message}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 @app.command("train")
 @friendly
 def train_cmd(
+    ctx: typer.Context,
     image: Annotated[Path | None, typer.Argument(help="Image volume (Z, Y, X), e.g. image.zarr.")] = None,
     labels: Annotated[
         Path | None, typer.Argument(help="Label volume of the same shape, e.g. labels.zarr.")
@@ -401,69 +411,62 @@ def train_cmd(
         _opt("TOML file of options (the names below, with _ or -); options given here win.", "--config"),
     ] = None,
     foreground: Annotated[
-        str | None, _opt("Label values of the positive class, e.g. 0 (ISBI membranes) or 1,2. [default: 0]")
+        str | None,
+        _opt("Label values of the positive class, e.g. 0 (ISBI membranes) or 1,2. [default: 0]"),
     ] = None,
     foreground_kind: Annotated[
-        TrainForegroundKind | None,
+        TrainForegroundKind,
         _opt(
             "What the foreground marks: boundary (membranes) or object (cells); decides how V_rand and "
-            "V_info read the probability. [default: boundary]"
+            "V_info read the probability."
         ),
-    ] = None,
+    ] = TrainForegroundKind.boundary,
     label_values: Annotated[
         str | None, _opt("Values the labels may hold, e.g. 0,255; any other value is refused.")
     ] = None,
     val_slices: Annotated[
-        str | None, _opt("Held-out sections, e.g. 25:30 or 0,10:12 (wins over --val-fraction).")
+        str | None,
+        _opt(
+            "Held-out sections as for --sections, e.g. 25:30, 0:30:5 or 0,10:12 (wins over --val-fraction)."
+        ),
     ] = None,
-    val_fraction: Annotated[
-        float | None, _opt("Hold out the last fraction of sections; 0 = no validation. [default: 0.1]")
-    ] = None,
-    patch_size: Annotated[
-        int | None, _opt("Training patch side, a multiple of 2**depth. [default: 256]")
-    ] = None,
-    batch_size: Annotated[int | None, _opt("Patches per step. [default: 8]")] = None,
+    val_fraction: Annotated[float, _opt("Hold out the last fraction of sections; 0 = no validation.")] = 0.1,
+    patch_size: Annotated[int, _opt("Training patch side, a multiple of 2**depth.")] = 256,
+    batch_size: Annotated[int, _opt("Patches per step.")] = 8,
     steps: Annotated[int | None, _opt("Training steps. [default: 2000 unless --time-limit]")] = None,
     time_limit: Annotated[
         str | None, _opt("Wall-clock budget, e.g. 20m, 1h30m, 45s or seconds; the schedule spans it.")
     ] = None,
-    lr: Annotated[float | None, _opt("Peak learning rate (AdamW). [default: 0.001]")] = None,
-    weight_decay: Annotated[float | None, _opt("AdamW weight decay. [default: 0.0001]")] = None,
+    lr: Annotated[float, _opt("Peak learning rate (AdamW).")] = 0.001,
+    weight_decay: Annotated[float, _opt("AdamW weight decay.")] = 0.0001,
     warmup_steps: Annotated[
-        int | None, _opt("Warm-up steps (at most a tenth of the run), then cosine decay. [default: 100]")
-    ] = None,
+        int, _opt("Warm-up steps (at most a tenth of the run), then cosine decay.")
+    ] = 100,
     augment: Annotated[AugmentPreset | None, _opt("Augmentation preset. [default: default]")] = None,
     augment_prob: Annotated[
         str | None, _opt("Per-transform probabilities over the preset, e.g. elastic=0.9,noise=0.")
     ] = None,
-    loss: Annotated[Loss | None, _opt("Loss function. [default: bce_dice]")] = None,
-    w0: Annotated[float | None, _opt("Border weight peak for weighted_bce. [default: 10]")] = None,
-    sigma: Annotated[float | None, _opt("Border weight width (px) for weighted_bce. [default: 5]")] = None,
-    base_channels: Annotated[int | None, _opt("U-Net feature maps at full resolution. [default: 16]")] = None,
-    depth: Annotated[int | None, _opt("U-Net poolings. [default: 4]")] = None,
-    norm: Annotated[Norm | None, _opt("Normalisation layers. [default: batch]")] = None,
-    dropout: Annotated[float | None, _opt("Dropout at the bottleneck. [default: 0]")] = None,
-    upsample: Annotated[Upsample | None, _opt("Upsampling. [default: transpose]")] = None,
-    context: Annotated[
-        int | None, _opt("Neighbouring sections on each side as input channels (2.5-D). [default: 0]")
-    ] = None,
-    device: Annotated[str | None, _opt("auto, cpu, cuda, cuda:N or mps. [default: auto]")] = None,
+    loss: Annotated[Loss, _opt("Loss function.")] = Loss.bce_dice,
+    w0: Annotated[float, _opt("Border weight peak for weighted_bce.")] = 10.0,
+    sigma: Annotated[float, _opt("Border weight width (px) for weighted_bce.")] = 5.0,
+    base_channels: Annotated[int, _opt("U-Net feature maps at full resolution.")] = 16,
+    depth: Annotated[int, _opt("U-Net poolings.")] = 4,
+    norm: Annotated[Norm, _opt("Normalisation layers.")] = Norm.batch,
+    dropout: Annotated[float, _opt("Dropout at the bottleneck.")] = 0.0,
+    upsample: Annotated[Upsample, _opt("Upsampling.")] = Upsample.transpose,
+    context: Annotated[int, _opt("Neighbouring sections on each side as input channels (2.5-D).")] = 0,
+    device: Annotated[str, _opt("auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[
-        Precision | None,
-        _opt("auto: bf16 where the hardware has it, else fp32 (fp16 on GPUs). [default: auto]"),
-    ] = None,
+        Precision, _opt("auto: bf16 where the hardware has it, else fp32 (fp16 on GPUs).")
+    ] = Precision.auto,
     workers: Annotated[
-        int | None, _opt("Data-loading processes; -1 chooses (1-2 on CPU, up to 8 with a GPU). [default: -1]")
-    ] = None,
-    seed: Annotated[int | None, _opt("Seed of the model and of every patch. [default: 0]")] = None,
-    val_every: Annotated[int | None, _opt("Validate and checkpoint every N steps. [default: 200]")] = None,
-    min_foreground: Annotated[
-        float | None, _opt("Redraw patches whose positive fraction is below this. [default: 0]")
-    ] = None,
-    max_attempts: Annotated[int | None, _opt("Draws per patch for --min-foreground. [default: 10]")] = None,
-    cache_gb: Annotated[
-        float | None, _opt("Hold volumes up to this size (GiB) in memory. [default: 2]")
-    ] = None,
+        int, _opt("Data-loading processes; -1 chooses (1-2 on CPU, up to 8 with a GPU).")
+    ] = -1,
+    seed: Annotated[int, _opt("Seed of the model and of every patch.")] = 0,
+    val_every: Annotated[int, _opt("Validate and checkpoint every N steps.")] = 200,
+    min_foreground: Annotated[float, _opt("Redraw patches whose positive fraction is below this.")] = 0.0,
+    max_attempts: Annotated[int, _opt("Draws per patch for --min-foreground.")] = 10,
+    cache_gb: Annotated[float, _opt("Hold volumes up to this size (GiB) in memory.")] = 2.0,
     resume: Annotated[bool | None, _opt("Continue exactly from MODEL.last.pt.", "--resume")] = None,
     overwrite: Annotated[bool | None, _opt("Replace an existing model and its files.", "--overwrite")] = None,
     progress: Annotated[bool | None, _opt("Show a progress bar.", "--progress/--no-progress")] = None,
@@ -476,11 +479,20 @@ def train_cmd(
     Example: volseg train image.zarr labels.zarr -o model.pt --val-slices 25:30 --time-limit 20m
     """
     options = {k: v.value if isinstance(v, enum.Enum) else v for k, v in locals().items() if k != "config"}
-    from volseg.stages.train import TrainingInterrupted, train
+    from volseg.app.progress import TerminalProgress
+    from volseg.stages.train import TrainingInterrupted, load_config_file, train
 
-    options.update({k: str(options[k]) for k in ("image", "labels", "output") if options[k] is not None})
+    # only the options given on the command line: the config file and --resume fill the others
+    options = {
+        k: v for k, v in options.items() if k != "ctx" and ctx.get_parameter_source(k).name != "DEFAULT"
+    }
+    options.update({k: str(options[k]) for k in ("image", "labels", "output") if options.get(k) is not None})
+    show = options.pop("progress", None)
+    if show is None:  # a config file may say progress = false; else a bar
+        show = config is None or load_config_file(config).get("progress", True)
     try:
-        result = train(config_file=config, **options)
+        with _warnings_as_lines(), TerminalProgress() if show else contextlib.nullcontext() as bar:
+            result = train(config_file=config, progress=bar, **options)
     except TrainingInterrupted as exc:
         typer.echo(f"volseg: {exc}", err=True)
         raise typer.Exit(130) from None
@@ -617,6 +629,7 @@ def segment_cmd(
     """
     import time
 
+    from volseg.core.progress import Update
     from volseg.stages.segment import SegmentOptions, segment
 
     opts = SegmentOptions(
@@ -634,7 +647,11 @@ def segment_cmd(
         invert=invert,
     )
     start = time.perf_counter()
-    say = (lambda _m: None) if as_json else (lambda m: typer.echo(f"segment: {m}", err=True))
+
+    def say(update: Update) -> None:  # each phase as one line on stderr, e.g. "segment: labelling ..."
+        if update.message is not None and not as_json:
+            typer.echo(update.describe(), err=True)
+
     summary = segment(
         prob,
         out,
@@ -646,7 +663,7 @@ def segment_cmd(
         scheduler=scheduler,
         workers=workers,
         progress=say,
-    )
+    ).to_dict()
     summary["seconds"] = round(time.perf_counter() - start, 2)
     if as_json:
         echo_json(summary)
@@ -745,7 +762,8 @@ def evaluate_cmd(
 
     Example: volseg evaluate prob.zarr labels.zarr --foreground 0 --sections 25:30 --json report.json
     """
-    from volseg.stages.evaluate import EvaluateOptions, evaluate, parse_foreground, print_report
+    from volseg.app.report import print_report
+    from volseg.stages.evaluate import EvaluateOptions, evaluate, parse_foreground
 
     opts = EvaluateOptions(
         foreground=parse_foreground(foreground),
@@ -827,16 +845,16 @@ def preview_cmd(
         alpha=alpha,
     )
     result = preview(volume, out, overlay=overlay, options=opts, curves=curves)
-    if "width" in result:
-        region = result.get("overlay_region")
+    if result.width is not None:
+        region = result.overlay_region
         where = ", ".join(f"{ax} {a}:{b}" for ax, (a, b) in region.items()) if region else ""
         typer.echo(
-            f"{result['path']}: {result['width']} x {result['height']} px, sections "
-            f"{', '.join(map(str, result.get('sections', [])))}, level {result.get('level')}"
+            f"{result.path}: {result.width} x {result.height} px, sections "
+            f"{', '.join(map(str, result.sections or []))}, level {result.level}"
             + (f"; overlay at {where}" if where else "")
         )
     else:
-        typer.echo(result["path"])
+        typer.echo(result.path)
 
 
 # ---------------------------------------------------------------------- predict
@@ -931,7 +949,7 @@ def predict_cmd(
         str | None,
         typer.Option(
             help="threads, processes, synchronous or tcp://HOST:PORT (a running dask scheduler). "
-            "[default: threads]"
+            "[default: threads, or a local cluster with --workers]"
         ),
     ] = None,
     workers: Annotated[
@@ -960,7 +978,11 @@ def predict_cmd(
 
     Example: volseg predict model.pt image.zarr prob.zarr --threshold 0.5
     """
-    from volseg.stages.predict import PredictOptions, predict
+    import warnings
+    from contextlib import nullcontext
+
+    from volseg.app.progress import TerminalProgress
+    from volseg.stages.predict import PredictOptions, PredictWarning, predict
 
     options = PredictOptions(
         tile=tile,
@@ -981,9 +1003,20 @@ def predict_cmd(
         workers=workers,
         retries=retries,
         overwrite=overwrite,
-        progress=progress and not as_json and not dry_run,
     )
-    result = predict(model, image, out, options, dry_run=dry_run)
+    shown = warnings.showwarning
+
+    def say(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, PredictWarning):  # the plan's warnings, before the run starts
+            typer.echo(f"volseg: warning: {message}", err=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    bar = progress and not as_json and not dry_run
+    with warnings.catch_warnings(), TerminalProgress() if bar else nullcontext() as reporter:
+        warnings.simplefilter("always", PredictWarning)
+        warnings.showwarning = say
+        result = predict(model, image, out, options, dry_run=dry_run, progress=reporter)
     if dry_run:
         if as_json:
             echo_json(result.to_dict())
@@ -1071,28 +1104,32 @@ def convert_cmd(
 
     Example: volseg convert train-volume.tif image.zarr --voxel-size 50,4,4
     """
+    from contextlib import nullcontext
+
+    from volseg.app.progress import TerminalProgress
     from volseg.stages.convert import convert
 
-    vol = convert(
-        src,
-        out,
-        chunks=parse_ints(chunks, "--chunks"),
-        codec=codec,
-        voxel_size=parse_floats(voxel_size, "--voxel-size"),
-        unit=unit,
-        overwrite=overwrite,
-        resume=resume,
-        channel=channel,
-        order=order,
-        shards=parse_ints(shards, "--shards"),
-        kind=kind.value,
-        progress=progress,
-    )
+    with TerminalProgress() if progress else nullcontext() as bar:
+        result = convert(
+            src,
+            out,
+            chunks=parse_ints(chunks, "--chunks"),
+            codec=codec,
+            voxel_size=parse_floats(voxel_size, "--voxel-size"),
+            unit=unit,
+            overwrite=overwrite,
+            resume=resume,
+            channel=channel,
+            order=order,
+            shards=parse_ints(shards, "--shards"),
+            kind=kind.value,
+            progress=bar,
+        )
     zyx = lambda v: " x ".join(str(x) for x in v)  # noqa: E731
-    unit_text = f" {vol.unit}" if vol.unit else " (no unit)"
+    unit_text = f" {result.unit}" if result.unit else " (no unit)"
     typer.echo(
-        f"{vol.path}: {zyx(vol.shape)} {vol.dtype}, chunks {zyx(vol.chunks)}, "
-        f"voxel {zyx(vol.voxel_size)}{unit_text}, {vol.meta.get('status')}"
+        f"{result.path}: {zyx(result.shape)} {result.dtype}, chunks {zyx(result.chunks)}, "
+        f"voxel {zyx(result.voxel_size)}{unit_text}, {result.volume.meta.get('status')}"
     )
 
 

@@ -259,9 +259,9 @@ def _train(out: Path, opts: DemoOptions, val: str, stages: _Stages, result: Demo
 
 def _train_config(out: Path, opts: DemoOptions, val: str) -> Any:
     """The training run of the demo (its options are checked when it is made)."""
-    from volseg.stages.train import TrainConfig
+    from volseg.stages.train import resolve_config
 
-    return TrainConfig(
+    return resolve_config(
         image=str(out / "image.zarr"),
         labels=str(out / "labels.zarr"),
         output=str(out / "model.pt"),
@@ -276,7 +276,6 @@ def _train_config(out: Path, opts: DemoOptions, val: str) -> Any:
         seed=opts.seed,
         warmup_steps=min(50, (opts.steps or 10**9) // 5 + 1),
         val_every=max(25, (opts.steps or 200) // 4),
-        progress=False,
     )
 
 
@@ -300,8 +299,8 @@ def _evaluate(out: Path, val: str, cells_truth: Path | None, stages: _Stages, re
         cells = evaluate(out / "cells.zarr", truth, sections=val, json_path=out / "report_cells.json")
         result.scores = {
             "sections": val,
-            "probabilities": _plain(prob.get("overall", prob)),
-            "cells": _plain(cells.get("overall", cells)),
+            "probabilities": _plain(prob.overall),
+            "cells": _plain(cells.overall),
         }
 
     stages.run("evaluate", run)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
+from volseg.core.units import human_bytes
+
+if TYPE_CHECKING:
+    from volseg.stages.evaluate import EvaluateResult
+
 console = Console(highlight=False)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def print_info(data: dict[str, Any]) -> None:
@@ -107,3 +104,69 @@ def print_demo_summary(summary: dict[str, Any]) -> None:
     for name, path in summary["outputs"].items():
         o.add_row(name, path)
     console.print(o)
+
+
+# ------------------------------------------------------------------------ evaluate
+_BINARY_COLUMNS = (
+    ("pixel_error", "pixel error"),
+    ("pixel_error_isbi", "ISBI pixel error"),
+    ("dice", "Dice"),
+    ("iou", "IoU"),
+    ("v_rand", "V_rand"),
+    ("v_info", "V_info"),
+)
+_INSTANCE_COLUMNS = (
+    ("adapted_rand_error", "adapted Rand error"),
+    ("voi_split", "VOI split"),
+    ("voi_merge", "VOI merge"),
+    ("v_rand", "V_rand"),
+    ("v_info", "V_info"),
+)
+MAX_ROWS = 40
+
+
+def print_report(report: EvaluateResult) -> None:
+    """Print an evaluation: one row per section (at most :data:`MAX_ROWS`), then the overall row."""
+    columns = _BINARY_COLUMNS if report.kind == "binary" else _INSTANCE_COLUMNS
+    columns = tuple(c for c in columns if c[0] in report.overall)
+    table = Table(title=f"{report.pred} vs {report.truth}", title_justify="left")
+    table.add_column("section", justify="right")
+    for _, name in columns:
+        table.add_column(name, justify="right")
+    rows = report.sections
+    for row in rows[:MAX_ROWS]:
+        table.add_row(str(row["section"]), *(_score(row.get(key)) for key, _ in columns))
+    if len(rows) > MAX_ROWS:
+        table.add_row(f"... {len(rows) - MAX_ROWS} more", *("" for _ in columns))
+    table.add_section()
+    table.add_row("[bold]all[/bold]", *(f"[bold]{_score(report.overall.get(k))}[/bold]" for k, _ in columns))
+    console.print(table)
+    console.print(_report_footer(report))
+
+
+def _score(value: float | int | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _report_footer(report: EvaluateResult) -> str:
+    from volseg.stages.evaluate import span_text
+
+    o = report.overall
+    parts = [
+        f"{report.kind} evaluation of {len(report.sections_scored)} sections",
+        f"foreground {','.join(map(str, report.foreground))} ({report.foreground_kind})",
+    ]
+    if report.kind == "binary" and "v_rand_threshold" in o:
+        parts.append(
+            f"best thresholds: V_rand {o['v_rand_threshold']:.1f}, V_info {o['v_info_threshold']:.1f}"
+        )
+    if report.kind == "instance":
+        parts.append(f"{report.instance_mode} ids; truth: {report.truth_cells}")
+    region, at = report.region, report.offsets.get("truth")
+    whole = at is not None and [[a, a + n] for a, n in zip(at, report.truth_shape, strict=True)]
+    if region and [region[ax] for ax in "zyx"] != whole:
+        span = span_text([region[ax] for ax in "zyx"])
+        starts = ", ".join(f"{ax} {v}" for ax, v in zip("zyx", report.offsets["pred"], strict=True))
+        parts.append(f"scored the overlap {span} of the truth (the prediction starts at {starts})")
+    parts.append(f"{report.seconds} s")
+    return "; ".join(parts)

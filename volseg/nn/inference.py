@@ -45,17 +45,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from volseg.core.tiling import PAD_MODE, tile_windows
+from volseg.core.tiling import PAD_MODE, check_size, round_up, tile_windows
 from volseg.errors import OptionError
-from volseg.nn.model import (
-    PRECISIONS,
-    autocast_context,
-    check_normalization,
-    check_size,
-    prepare_for_inference,
-    resolve_device,
-    round_up,
-)
+from volseg.nn.intensity import check_normalization
+from volseg.nn.runtime import PRECISIONS, autocast_context, prepare_for_inference, resolve_device
 
 __all__ = [
     "ACTIVATIONS",
@@ -99,7 +92,7 @@ class InferOptions:
     batch_size
         Tiles per forward pass (tiles of one shape, from any sections and positions).
     precision
-        ``auto`` | ``bf16`` | ``fp16`` | ``fp32`` (see :func:`volseg.nn.model.resolve_precision`).
+        ``auto`` | ``bf16`` | ``fp16`` | ``fp32`` (see :func:`volseg.nn.runtime.resolve_precision`).
     device
         Torch device (``cpu``, ``cuda``, ``cuda:1``, ``mps``) or ``auto``; the model is moved there.
     tta
@@ -177,7 +170,7 @@ def infer_image(
     Parameters
     ----------
     model
-        A :class:`volseg.nn.model.UNet` (or a module with ``divisor``, ``halo`` and a ``config``
+        A :class:`volseg.nn.unet.UNet` (or a module with ``divisor``, ``halo`` and a ``config``
         with ``context`` and ``out_channels``).
     image
         ``(Z, Y, X)`` sections, raw (with ``normalization``) or already normalised.
@@ -207,10 +200,10 @@ def infer_padded(
     Parameters
     ----------
     model
-        A :class:`volseg.nn.model.UNet`, or any module with ``divisor``, ``halo`` and a ``config``
+        A :class:`volseg.nn.unet.UNet`, or any module with ``divisor``, ``halo`` and a ``config``
         with ``context`` and ``out_channels`` mapping ``(B, 2c+1, H, W)`` to ``(B, out, H, W)``.
         It runs in eval mode on ``options.device`` in channels_last format: a model not yet
-        there is moved and converted in place (:func:`volseg.nn.model.prepare_for_inference`), and
+        there is moved and converted in place (:func:`volseg.nn.runtime.prepare_for_inference`), and
         one in train mode goes back to train mode on return. A prepared model in eval mode is
         not modified, so threads may share it.
     padded

@@ -20,7 +20,7 @@ Intensities
 -----------
 The augmentations assume intensities in about ``[0, 1]`` (see :mod:`volseg.core.augment`), so a
 patch is scaled by ``(raw - lo) / (hi - lo)``, augmented, scaled back to raw units and only
-then normalised with the model's ``(raw - mean) / std`` (:func:`volseg.nn.model.normalize`), so
+then normalised with the model's ``(raw - mean) / std`` (:func:`volseg.nn.intensity.normalize`), so
 that training and inference see the same normalisation of the same raw values.
 """
 
@@ -37,11 +37,12 @@ import torch
 from numpy.typing import NDArray
 
 from volseg.core.augment import AugmentConfig, Augmenter
+from volseg.core.sections import parse_sections
 from volseg.core.tiling import pad_indices
 from volseg.core.weights import border_weights, instances_from_mask
 from volseg.errors import InputError, OptionError
 from volseg.nn.inference import PAD_MODE
-from volseg.nn.model import normalize
+from volseg.nn.intensity import normalize
 
 __all__ = [
     "BatchIndices",
@@ -52,7 +53,6 @@ __all__ = [
     "VolumeReader",
     "context_sections",
     "intensity_stats",
-    "parse_sections",
     "positive_mask",
     "scan_labels",
     "split_sections",
@@ -62,47 +62,24 @@ DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB
 
 
 # ============================================================================ sections
-def parse_sections(text: str, n: int, option: str = "--val-slices") -> tuple[int, ...]:
-    """Parse ``"25:30"``, ``"-5:"`` or ``"0,4,10:12"`` into sorted section indices of a ``n``-section stack.
-
-    Ranges follow Python slices (the stop is excluded, negative numbers count from the end).
-    """
-    chosen: set[int] = set()
-    for item in filter(None, (part.strip() for part in str(text).split(","))):
-        try:
-            if ":" in item:
-                parts = [int(p) if p.strip() else None for p in item.split(":")]
-                if len(parts) != 2:
-                    raise ValueError
-                chosen.update(range(n)[slice(*parts)])
-            else:
-                index = int(item)
-                if not -n <= index < n:
-                    raise OptionError(
-                        f"{option} {text!r}: section {index} is outside the volume's 0..{n - 1}"
-                    )
-                chosen.add(index % n)
-        except ValueError:
-            raise OptionError(
-                f"{option} {text!r}: write sections as START:STOP or a comma list, e.g. 25:30"
-            ) from None
-    if not chosen:
-        raise OptionError(f"{option} {text!r}: selects no section of the volume's {n} (0..{n - 1})")
-    return tuple(sorted(chosen))
-
-
 def split_sections(
     n: int, val_slices: str | None = None, val_fraction: float | None = None
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Split sections ``0..n-1`` into ``(train, validation)``.
+    """Split sections ``0..n-1`` into ``(train, validation)``, both sorted.
 
-    ``val_slices`` wins over ``val_fraction``; a fraction holds out the *last*
-    ``ceil(fraction * n)`` sections as one block, since neighbouring sections share
-    structure and a block gives a fairer score than scattered sections. A fraction of 0
-    gives no validation.
+    ``val_slices`` is in the grammar of ``--sections`` (:func:`volseg.core.sections.parse_sections`:
+    ``"25:30"``, ``"0:30:5"``, ``"0,10:12"``, ``"-5:"``) and wins over ``val_fraction``; a
+    fraction holds out the *last* ``ceil(fraction * n)`` sections as one block, since
+    neighbouring sections share structure and a block gives a fairer score than scattered
+    sections. A fraction of 0 gives no validation.
     """
     if val_slices:
-        val = parse_sections(val_slices, n)
+        chosen = parse_sections(val_slices, n, "--val-slices")
+        if chosen is None:  # only blanks
+            raise OptionError(
+                f"--val-slices {val_slices!r}: selects no section of the volume's {n} (0..{n - 1})"
+            )
+        val = tuple(sorted(chosen))
     else:
         fraction = 0.1 if val_fraction is None else float(val_fraction)
         if not 0.0 <= fraction < 1.0:
@@ -111,7 +88,8 @@ def split_sections(
             )
         k = math.ceil(fraction * n)
         val = tuple(range(n - k, n))
-    train = tuple(i for i in range(n) if i not in set(val))
+    held = set(val)
+    train = tuple(i for i in range(n) if i not in held)
     if not train:
         what = f"--val-slices {val_slices}" if val_slices else f"--val-fraction {val_fraction}"
         raise OptionError(

@@ -2,8 +2,8 @@
 
 Only the drawn sections are read, and from the coarsest pyramid level that is still at
 least as large as a panel, so an 8k x 8k x 5000 stack previews as fast as a small one.
-The picture is composed directly with numpy and Pillow, so its size in pixels depends
-only on the options and the volume's aspect ratio, never on fonts or a plotting layout.
+The picture is composed directly with numpy and Pillow (:mod:`volseg.core.montage`), so its size in
+pixels depends only on the options and the volume's aspect ratio, never on fonts or a plotting layout.
 
 Layout: one column per section; the first row shows ``VOL`` (greys, contrast-stretched
 between its 1st and 99th percentiles; a probability volume as a heat map; a label volume
@@ -15,24 +15,38 @@ a mask filled in one colour over the raw section, cells in label colours (filled
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from volseg.core.montage import (
+    BACKGROUND,
+    MASK_COLOUR,
+    Panel,
+    blend,
+    compose,
+    draw_cells,
+    heat,
+    label_colours,
+    panel_size,
+    resize,
+    stretch,
+)
+from volseg.core.progress import Progress, Tracker
 from volseg.core.sections import parse_sections
 from volseg.errors import InputError, OptionError, OutputError
+from volseg.storage.conventions import to_probability, value_scale
+from volseg.storage.files import json_ready
 from volseg.storage.paths import local_path, output_not_input
 from volseg.storage.volumes import Volume, open_volume, overlap_region, voxel_offset
 
-__all__ = ["PreviewOptions", "choose_level", "label_colours", "parse_sections", "preview", "stretch"]
+if TYPE_CHECKING:
+    from PIL import Image
 
-MASK_COLOUR = (0, 255, 110)  # a green that reads on grey EM data
-TITLE_HEIGHT = 20
-GAP = 4
-BACKGROUND = (24, 24, 24)
+__all__ = ["PreviewOptions", "PreviewResult", "choose_level", "parse_sections", "preview"]
+
 STYLES = ("fill", "outline", "both")
 
 
@@ -77,78 +91,42 @@ class PreviewOptions:
             raise OptionError(f"--level {self.level}: must be 'auto' or a level number >= 0")
 
 
+@dataclass(frozen=True)
+class PreviewResult:
+    """What a preview wrote.
+
+    Attributes
+    ----------
+    path
+        The PNG.
+    width, height
+        Its size in pixels; ``None`` for training curves (``curves=``), as are the fields below.
+    sections
+        The sections drawn (the base volume's numbering).
+    level, overlay_level
+        The pyramid levels read for the volume and the overlay (``None`` without one).
+    overlay_region
+        Where the overlay lies, ``[start, stop)`` per axis in the volume's voxels; ``None`` without one.
+    """
+
+    path: str
+    width: int | None = None
+    height: int | None = None
+    sections: list[int] | None = None
+    level: int | None = None
+    overlay_level: int | None = None
+    overlay_region: dict[str, list[int]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data: ``{"path": ...}`` alone for training curves."""
+        if self.width is None:
+            return {"path": self.path}
+        return json_ready(asdict(self))
+
+
 # ------------------------------------------------------------------------ parsing
 def default_sections(n_sections: int, count: int = 4) -> tuple[int, ...]:
     return tuple(sorted({int(round(v)) for v in np.linspace(0, n_sections - 1, min(count, n_sections))}))
-
-
-# ---------------------------------------------------------------- pure image steps
-def stretch(image: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
-    """Greys ``(Y, X)`` uint8, linearly stretched between two percentiles."""
-    img = image.astype(np.float32, copy=False)
-    lo, hi = np.percentile(img, [low, high]) if img.size else (0.0, 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    return (np.clip((img - lo) / (hi - lo), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def heat(prob: np.ndarray) -> np.ndarray:
-    """Probabilities 0..1 ``(Y, X)`` -> RGB ``(Y, X, 3)`` uint8 with the ``inferno`` colormap."""
-    from matplotlib import colormaps
-
-    lut = (colormaps["inferno"](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
-    return lut[np.clip(prob * 255.0 + 0.5, 0, 255).astype(np.uint8)]
-
-
-def label_colours(labels: np.ndarray) -> np.ndarray:
-    """A bright, stable colour per id (a hash of the id, glasbey-like); 0 is black.
-
-    Parameters
-    ----------
-    labels
-        ``(Y, X)`` integer ids.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(Y, X, 3)`` uint8. The same id has the same colour in every panel and run.
-    """
-    from matplotlib.colors import hsv_to_rgb
-
-    ids, inverse = np.unique(labels, return_inverse=True)
-    h = ids.astype(np.uint64) * np.uint64(2654435761) % np.uint64(2**32)  # Knuth's multiplicative hash
-    hsv = np.stack(
-        [
-            (h % np.uint64(1000)).astype(np.float64) / 1000.0,
-            0.55 + ((h >> np.uint64(10)) % np.uint64(100)).astype(np.float64) / 220.0,
-            0.75 + ((h >> np.uint64(17)) % np.uint64(100)).astype(np.float64) / 400.0,
-        ],
-        axis=1,
-    )
-    rgb = (hsv_to_rgb(hsv) * 255.0 + 0.5).astype(np.uint8)
-    rgb[ids == 0] = 0
-    return rgb[inverse.reshape(labels.shape)]
-
-
-def blend(grey: np.ndarray, colour: np.ndarray, where: np.ndarray, alpha: float) -> np.ndarray:
-    """Greys ``(Y, X)`` with ``colour`` ``(Y, X, 3)`` laid over them where ``where`` is set."""
-    out = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-    w = where[..., None]
-    out = np.where(w, (1.0 - alpha) * out + alpha * colour.astype(np.float32), out)
-    return (out + 0.5).astype(np.uint8)
-
-
-def draw_cells(grey: np.ndarray, labels: np.ndarray, style: str, alpha: float) -> np.ndarray:
-    """Cells over the raw section: filled with ``alpha``, outlined in full colour, or both."""
-    from skimage.segmentation import find_boundaries
-
-    colours = label_colours(labels)
-    fg = labels != 0
-    out = blend(grey, colours, fg, alpha if style in ("fill", "both") else 0.0)
-    if style in ("outline", "both"):
-        edge = find_boundaries(labels, mode="inner") & fg
-        out[edge] = colours[edge]
-    return out
 
 
 # --------------------------------------------------------------------- reading
@@ -170,10 +148,7 @@ def _kind(vol: Volume) -> str:
 
 
 def _probability(vol: Volume, section: np.ndarray) -> np.ndarray:
-    from volseg.stages.segment import value_scale
-
-    scale, offset = value_scale(vol)
-    return np.clip(section.astype(np.float32) * np.float32(scale) + np.float32(offset), 0.0, 1.0)
+    return to_probability(section, *value_scale(vol))
 
 
 def _read_section(vol: Volume, level: int, z: int) -> np.ndarray:
@@ -188,26 +163,6 @@ def _read_section(vol: Volume, level: int, z: int) -> np.ndarray:
             f"{' '.join(str(exc).split())[:200]}); the volume is damaged or its metadata does not match "
             "its data: write it again"
         ) from exc
-
-
-def _resize(img: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
-    """``img`` (Y, X) resized to ``size`` (height, width): area-weighted, or nearest for ids."""
-    from PIL import Image
-
-    if img.shape == size:
-        return img
-    if nearest:
-        ys = (np.arange(size[0]) * img.shape[0] // size[0]).astype(np.intp)
-        xs = (np.arange(size[1]) * img.shape[1] // size[1]).astype(np.intp)
-        return img[np.ix_(ys, xs)]
-    pil = Image.fromarray(img.astype(np.float32), mode="F")
-    return np.asarray(pil.resize((size[1], size[0]), Image.Resampling.BILINEAR))
-
-
-def _panel_size(shape: Sequence[int], panel: int) -> tuple[int, int]:
-    y, x = shape[-2:]
-    s = panel / max(y, x)
-    return max(1, round(y * s)), max(1, round(x * s))
 
 
 # --------------------------------------------------------------------- panels
@@ -230,7 +185,7 @@ def _layer(vol: Volume, opts: PreviewOptions, name: str) -> _Layer:
 
 
 def _grey(layer: _Layer, z: int, size: tuple[int, int]) -> np.ndarray:
-    return stretch(_resize(_read_section(layer.vol, layer.level, z), size, nearest=False))
+    return stretch(resize(_read_section(layer.vol, layer.level, z), size, nearest=False))
 
 
 def _render(
@@ -246,50 +201,17 @@ def _render(
     if crop is not None:
         section = section[crop]
     if layer.kind == "probability":
-        return heat(_probability(layer.vol, _resize(section, size, nearest=False)))
+        return heat(_probability(layer.vol, resize(section, size, nearest=False)))
     if layer.kind == "label":
-        labels = _resize(section, size, nearest=True)
+        labels = resize(section, size, nearest=True)
         return draw_cells(raw, labels, opts.style, opts.alpha) if raw is not None else label_colours(labels)
     if layer.kind == "mask":
-        mask = _resize(section != 0, size, nearest=True)
+        mask = resize(section != 0, size, nearest=True)
         if raw is None:
             return np.repeat((mask * 255).astype(np.uint8)[..., None], 3, axis=2)
         return blend(raw, np.broadcast_to(np.array(MASK_COLOUR, np.uint8), (*size, 3)), mask, opts.alpha)
-    grey = stretch(_resize(section, size, nearest=False))
+    grey = stretch(resize(section, size, nearest=False))
     return np.repeat(grey[..., None], 3, axis=2)
-
-
-def _title_font(height: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=height - 6)
-    except TypeError:  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _compose(panels: list[list[tuple[str, np.ndarray]]], columns: int) -> Any:
-    """Panels grouped per section (a column of rows) -> one PIL image."""
-    from PIL import Image, ImageDraw
-
-    rows = len(panels[0])
-    h, w = panels[0][0][1].shape[:2]
-    grid_rows = -(-len(panels) // columns)
-    cols = min(columns, len(panels))
-    cell_h, cell_w = TITLE_HEIGHT + h, w
-    width = GAP + cols * (cell_w + GAP)
-    height = GAP + grid_rows * (rows * (cell_h + GAP))
-    canvas = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    font = _title_font(TITLE_HEIGHT)
-    for i, column in enumerate(panels):
-        gx, gy = i % columns, i // columns
-        x = GAP + gx * (cell_w + GAP)
-        for r, (title, img) in enumerate(column):
-            y = GAP + (gy * rows + r) * (cell_h + GAP)
-            draw.text((x + 2, y + 2), title, fill=(235, 235, 235), font=font)
-            canvas.paste(Image.fromarray(np.ascontiguousarray(img)), (x, y + TITLE_HEIGHT))
-    return canvas
 
 
 # ------------------------------------------------------------------------ the API
@@ -351,7 +273,7 @@ def _place_overlay(base: Volume, over: Volume) -> _Place:
     return _Place(start, region, whole)
 
 
-def _save(canvas: Any, out: Path) -> None:
+def _save(canvas: Image.Image, out: Path) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         canvas.save(out, format="PNG")
@@ -364,11 +286,12 @@ def _save(canvas: Any, out: Path) -> None:
 def preview(
     volume: str | os.PathLike | None = None,
     out: str | os.PathLike = "preview.png",
+    options: PreviewOptions | None = None,
     *,
     overlay: str | os.PathLike | None = None,
-    options: PreviewOptions | None = None,
     curves: str | os.PathLike | None = None,
-) -> dict[str, Any]:
+    progress: Progress | None = None,
+) -> PreviewResult:
     """Write a PNG montage of some sections of a volume, optionally with an overlay.
 
     Parameters
@@ -377,20 +300,22 @@ def preview(
         A volume ``(Z, Y, X)``: image, probability, mask or label.
     out
         The PNG to write (replaced if it exists).
+    options
+        :class:`PreviewOptions` (sections, pyramid level, panel size, style).
     overlay
         A probability, mask or label volume, drawn in a second row where it lies over
         ``volume``: placed by the OME translations of both (``volseg predict --roi``
         records one), so an ROI's overlay covers only its part of each panel. Sections
         are the base volume's; by default, up to 4 of those the overlay covers.
-    options
-        :class:`PreviewOptions` (sections, pyramid level, panel size, style).
     curves
         A training log (JSON lines); with it, training curves are drawn into ``out``
         instead (and ``volume`` is not needed).
+    progress
+        Receives the task ``"preview"``: the sections drawn.
 
     Returns
     -------
-    dict
+    PreviewResult
         ``path``, ``width``, ``height``, ``sections``, ``level`` (pyramid level read for
         ``volume``), ``overlay_level``, ``overlay_region`` (where the overlay lies, ``[start,
         stop)`` per axis in ``volume``'s voxels; ``None`` without an overlay).
@@ -403,26 +328,40 @@ def preview(
         return _curves(Path(os.fspath(curves)), out_path)
     if volume is None:
         raise OptionError("preview needs a VOLUME (or --curves TRAINLOG.jsonl)")
-    opts = options or PreviewOptions()
+    return _montage(volume, overlay, out_path, options or PreviewOptions(), progress)
+
+
+def _montage(
+    volume: str | os.PathLike,
+    overlay: str | os.PathLike | None,
+    out: Path,
+    opts: PreviewOptions,
+    progress: Progress | None,
+) -> PreviewResult:
+    """Read, draw and write the montage of ``volume`` (and ``overlay``) into ``out``."""
     base = _open(volume, "the")
     over = _open(overlay, "the overlay") if overlay is not None else None
     place = _place_overlay(base, over) if over is not None else None
     sections = _sections(base, place, opts)
     first = _layer(base, opts, "image")
     second = _layer(over, opts, "overlay") if over is not None else None
-    size = _panel_size(base.shape, opts.panel)
-    panels = [_section_panels(first, second, place, z, size, opts) for z in sections]
-    canvas = _compose(panels, opts.columns)
-    _save(canvas, out_path)
-    return {
-        "path": str(out_path),
-        "width": canvas.width,
-        "height": canvas.height,
-        "sections": list(sections),
-        "level": first.level,
-        "overlay_level": second.level if second else None,
-        "overlay_region": {ax: list(r) for ax, r in zip("zyx", place.region, strict=True)} if place else None,
-    }
+    size = panel_size(base.shape, opts.panel)
+    panels: list[list[Panel]] = []
+    with Tracker(progress, "preview", len(sections), "sections") as tracker:
+        for z in sections:
+            panels.append(_section_panels(first, second, place, z, size, opts))
+            tracker.advance()
+    canvas = compose(panels, opts.columns)
+    _save(canvas, out)
+    return PreviewResult(
+        path=str(out),
+        width=canvas.width,
+        height=canvas.height,
+        sections=list(sections),
+        level=first.level,
+        overlay_level=second.level if second else None,
+        overlay_region={ax: list(r) for ax, r in zip("zyx", place.region, strict=True)} if place else None,
+    )
 
 
 def _sections(base: Volume, place: _Place | None, opts: PreviewOptions) -> tuple[int, ...]:
@@ -452,7 +391,7 @@ def _section_panels(
     z: int,
     size: tuple[int, int],
     opts: PreviewOptions,
-) -> list[tuple[str, np.ndarray]]:
+) -> list[Panel]:
     column = [(f"z {z}  {_NAMES.get(first.kind, first.kind)}", _render(first, z, size, None, opts))]
     if second is not None and place is not None:
         raw = _grey(first, z, size) if first.kind == "image" else None
@@ -487,7 +426,7 @@ def _overlay_panel(
 
 
 # ---------------------------------------------------------------------- curves
-def _curves(log: Path, out: Path) -> dict[str, Any]:
+def _curves(log: Path, out: Path) -> PreviewResult:
     """Training curves from a train log (``MODEL.log.jsonl``), drawn by :mod:`volseg.storage.curves`.
 
     The log is checked before anything is written (:func:`volseg.storage.curves.read_log`): a missing
@@ -496,4 +435,4 @@ def _curves(log: Path, out: Path) -> dict[str, Any]:
     """
     from volseg.storage.curves import plot_curves
 
-    return {"path": str(plot_curves(log, out))}
+    return PreviewResult(path=str(plot_curves(log, out)))

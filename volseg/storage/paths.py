@@ -8,32 +8,24 @@ runs before any output exists, so a refused run leaves nothing that looks comple
   being taken as a folder named ``s3:``.
 - :func:`output_not_input`: an output is never an input, inside one, or above one (same path,
   symlinks, ``..`` routes and hard links included), so ``--overwrite`` can never delete an input.
-- :func:`check_device`: the torch device exists in this torch build and on this machine.
-- :func:`image_for_model`: an image's dtype and value range against what the model was
-  trained on (refused when far off, a warning for a moderate brightness shift).
+
+The checks that need the network's view live with it: the torch device in
+:func:`volseg.nn.runtime.check_device`, an image against the model's training intensities in
+:func:`volseg.nn.intensity.image_for_model`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from volseg.errors import InputError, OptionError, OutputError
-
-if TYPE_CHECKING:
-    from volseg.storage.volumes import Volume
+from volseg.errors import InputError, OutputError
 
 __all__ = [
-    "ImageCheck",
-    "check_device",
-    "image_for_model",
+    "prepare_output",
     "local_path",
     "looks_like_url",
     "output_not_input",
@@ -149,158 +141,28 @@ def output_not_input(outputs: _Named, inputs: _Named) -> None:
             )
 
 
-# --------------------------------------------------------------------------- volumes
-# ---------------------------------------------------------------------------- device
-def check_device(device: Any) -> str:
-    """Check that ``device`` exists here; return it as text (``auto`` stays ``auto``).
-
-    Refuses, with one line naming what this torch was built with: ``cuda`` or ``cuda:N``
-    without CUDA or beyond the GPUs present, ``mps`` without Metal, anything that is not a
-    torch device.
-    """
-    import torch
-
-    text = str(device).strip()
-    if text == "auto":
-        return text
+def prepare_output(path: Path, overwrite: bool) -> None:
+    """Make way for an output volume at ``path``: refuse what it must not replace, create its folder."""
+    if path.exists():
+        if not overwrite:
+            raise OutputError(
+                f"{path}: output already exists; pass --overwrite to replace it (or --resume to continue it)"
+            )
+        # --overwrite replaces volumes only: never delete a user's file or a folder of other things.
+        if not path.is_dir() or (not (path / "zarr.json").exists() and any(path.iterdir())):
+            raise OutputError(
+                f"{path}: exists and is not a Zarr volume; refusing to delete it, choose another output"
+            )
+        shutil.rmtree(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(f"{path}: {blocker} is a file, not a folder; choose an output path in a folder")
     try:
-        dev = torch.device(text)
-    except (RuntimeError, TypeError, ValueError):
-        raise OptionError(
-            f"--device {text!r}: not a torch device; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    build = f"torch {torch.__version__}"
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "was built without CUDA" if torch.version.cuda is None else "finds no usable GPU"
-            raise OptionError(
-                f"--device {text}: this {build} {why}; use --device cpu (or auto), or install a CUDA "
-                "build of torch on a GPU machine"
-            )
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise OptionError(
-                f"--device {text}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}; "
-                "choose one of those, or cuda / auto"
-            )
-    elif dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            built = mps is not None and mps.is_built()
-            why = "finds no Metal GPU" if built else "was built without Metal (MPS)"
-            raise OptionError(f"--device {text}: this {build} {why}; use --device cpu or auto")
-    elif dev.type != "cpu":
-        raise OptionError(f"--device {text}: volseg runs on cpu, cuda or mps; use one of those, or auto")
-    return text
-
-
-# ----------------------------------------------------------------- image vs the model
-#: Refuse when the image's mean lies this many training standard deviations off, or its
-#: spread differs by this factor: the network would see values it never saw.
-FAR_SHIFT = 4.0
-FAR_SPREAD = 4.0
-#: Warn (brightness and contrast do vary between stacks) beyond these.
-WARN_SHIFT = 1.0
-WARN_SPREAD = 1.5
-
-
-@dataclass(frozen=True)
-class ImageCheck:
-    """What :func:`image_for_model` found: the normalisation to use and what to tell the user."""
-
-    normalization: dict[str, Any] | None
-    warnings: tuple[str, ...] = ()
-    image_stats: dict[str, float] = field(default_factory=dict)
-
-
-def sample_stats(array: Any, roi: Sequence[tuple[int, int]] | None = None, max_chunks: int = 8) -> dict:
-    """Mean and standard deviation of up to ``max_chunks`` whole chunks spread over ``roi``.
-
-    Reads at most ``max_chunks`` chunks (evenly spaced in C order over the ROI's chunk grid),
-    so the cost is bounded on any volume.
-    """
-    shape = tuple(int(s) for s in array.shape)
-    chunks = tuple(int(c) for c in array.chunks)
-    roi = tuple(roi) if roi is not None else tuple((0, s) for s in shape)
-    first = [a // c for (a, _), c in zip(roi, chunks, strict=True)]
-    last = [-(-b // c) for (_, b), c in zip(roi, chunks, strict=True)]
-    counts = [max(1, hi - lo) for lo, hi in zip(first, last, strict=True)]
-    total = math.prod(counts)
-    picks = sorted({int(round(k)) for k in np.linspace(0, total - 1, min(max_chunks, total))})
-    values = []
-    for flat in picks:
-        index = np.unravel_index(flat, counts)
-        region = []
-        for ax, i in enumerate(index):
-            lo = max(roi[ax][0], (first[ax] + int(i)) * chunks[ax])
-            hi = min(roi[ax][1], (first[ax] + int(i) + 1) * chunks[ax])
-            region.append(slice(lo, max(lo + 1, hi)))
-        values.append(np.asarray(array[tuple(region)], dtype=np.float64).ravel())
-    sample = np.concatenate(values)
-    return {"mean": float(sample.mean()), "std": float(sample.std())}
-
-
-def image_for_model(
-    vol: Volume,
-    model_extra: Mapping[str, Any],
-    normalization: Mapping[str, Any] | None,
-    *,
-    roi: Sequence[tuple[int, int]] | None = None,
-    rescale: bool = False,
-    model_name: str = "the model",
-) -> ImageCheck:
-    """Check an image against what the model was trained on; the normalisation to apply.
-
-    Refused (one line): a dtype other than the training images' (when the model records it),
-    or a value range far outside the training one (when the model records the training
-    intensities, as ``volseg train`` does) (mean more than :data:`FAR_SHIFT` training
-    standard deviations off, or a spread :data:`FAR_SPREAD` times larger or smaller). A
-    moderate shift gives a warning. With ``rescale`` the image's own sampled mean and standard
-    deviation are used for normalisation instead (its values are mapped onto the training
-    range), and neither dtype nor range is refused.
-    """
-    if vol.dtype.kind not in "uif" or vol.dtype.kind == "b":
-        raise InputError(
-            f"{vol.path}: dtype {vol.dtype} is not an image; predict needs integer or float grey values"
-        )
-    stats = sample_stats(vol.array, roi)
-    if rescale:
-        if not stats["std"] > 0:
-            raise InputError(
-                f"{vol.path}: the sampled chunks are constant ({stats['mean']:g}); --rescale needs contrast"
-            )
-        norm = {"mode": "meanstd", "mean": stats["mean"], "std": stats["std"]}
-        return ImageCheck(norm, (), stats)
-    trained_dtype = model_extra.get("image_dtype")
-    # What 'volseg train' measured on its training sections; a model saved otherwise records no range.
-    intensity = model_extra.get("intensity") or {}
-    mean, std = intensity.get("mean"), intensity.get("std")
-    fix = "convert it like the training images, or pass --rescale to map its values onto the training range"
-    if trained_dtype and np.dtype(trained_dtype) != vol.dtype:
-        raise InputError(
-            f"{vol.path}: is {vol.dtype}, but {model_name} was trained on {trained_dtype} images"
-            f"{_trained(mean, std)}; {fix}"
-        )
-    warnings: list[str] = []
-    if isinstance(mean, (int, float)) and isinstance(std, (int, float)) and std > 0:
-        shift = abs(stats["mean"] - mean) / std
-        spread = (stats["std"] / std) if stats["std"] > 0 else 0.0
-        seen = f"mean {stats['mean']:.4g}, std {stats['std']:.4g}"
-        if shift > FAR_SHIFT or spread > FAR_SPREAD or spread < 1 / FAR_SPREAD:
-            raise InputError(
-                f"{vol.path}: its values ({seen}) lie far outside the range {model_name} was trained on"
-                f"{_trained(mean, std)}; {fix}"
-            )
-        if shift > WARN_SHIFT or spread > WARN_SPREAD or spread < 1 / WARN_SPREAD:
-            warnings.append(
-                f"{vol.path}: brightness or contrast differs from the training images ({seen} against "
-                f"mean {mean:.4g}, std {std:.4g}); results may suffer, --rescale maps it onto the "
-                "training range"
-            )
-    return ImageCheck(dict(normalization) if normalization else None, tuple(warnings), stats)
-
-
-def _trained(mean: Any, std: Any) -> str:
-    if isinstance(mean, (int, float)) and isinstance(std, (int, float)):
-        return f" (mean {mean:.4g}, std {std:.4g})"
-    return ""
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{path}: cannot create the output folder ({exc.strerror or exc}); choose a writable location"
+        ) from exc
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{path}: folder {parent} is not writable; choose a writable location")

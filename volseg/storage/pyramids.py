@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import dask.array as da
 import numpy as np
-
-if TYPE_CHECKING:
-    from volseg.storage.volumes import Volume
+import zarr
 
 
 def downsample2(block: np.ndarray, method: str) -> np.ndarray:
@@ -24,13 +20,13 @@ def downsample2(block: np.ndarray, method: str) -> np.ndarray:
     return out.astype(block.dtype)
 
 
-def write_levels(vol: Volume, levels: int, *, method: str = "mean") -> None:
-    """Add levels ``1..levels`` to ``vol`` and list them in its OME metadata."""
-    attrs = dict(vol.group.attrs)
+def write_levels(group: zarr.Group, levels: int, *, method: str = "mean") -> None:
+    """Add levels ``1..levels`` (from array ``0``) to a volume's ``group``; list them in its OME metadata."""
+    attrs = dict(group.attrs)
     ms = attrs["ome"]["multiscales"][0]
     base_scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
     datasets = [ms["datasets"][0]]
-    prev = vol.array
+    prev = group["0"]
     for n in range(1, levels + 1):
         src = da.from_zarr(prev)
         # 2x2 in (y, x) per output chunk: input chunks of twice the output chunk
@@ -41,7 +37,7 @@ def write_levels(vol: Volume, levels: int, *, method: str = "mean") -> None:
             dtype=prev.dtype,
             chunks=tuple(tuple(-(-c // 2) if i else c for c in dim) for i, dim in enumerate(src.chunks)),
         )
-        arr = vol.group.create_array(
+        arr = group.create_array(
             str(n),
             shape=small.shape,
             dtype=prev.dtype,
@@ -56,4 +52,4 @@ def write_levels(vol: Volume, levels: int, *, method: str = "mean") -> None:
         datasets.append({"path": str(n), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
         prev = arr
     ms["datasets"] = datasets
-    vol.group.attrs.update({"ome": attrs["ome"]})
+    group.attrs.update({"ome": attrs["ome"]})

@@ -13,31 +13,36 @@ a block's data is stored (and fsynced), an empty marker file
 the blocks with a marker; a block without one is rewritten whole. When every block
 is done the stage sets ``volseg.status = "complete"``; until then it is
 ``"incomplete"``, so a half-written volume never looks complete.
+
+This module is a little over 500 lines on purpose: :class:`Volume`, :func:`create_volume` and
+:func:`open_volume` (with the checks it makes on open) keep one set of invariants (the metadata
+block, the completion record, the checked store) and read best side by side. Codecs, OME
+metadata, provenance, the checked store and pyramids live in their own modules beside it.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import datetime as _dt
 import functools
 import itertools
-import json
 import math
 import os
-import shutil
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
-from zarr.storage import LocalStore, WrapperStore
 
 from volseg.errors import InputError, OptionError, OutputError, VolsegError
+from volseg.storage import ome
+from volseg.storage.codecs import CODECS, DEFAULT_CODEC, codec_name, parse_codec, resolve_shards, zarr_dtype
+from volseg.storage.ome import AXES, check_multiscales, ome_attrs, overlap_region
+from volseg.storage.paths import local_path, prepare_output
+from volseg.storage.provenance import now, provenance
+from volseg.storage.stores import EVERY_CHUNK, CheckedStore
 
 if TYPE_CHECKING:  # dask.array costs ~20 MB and 0.3 s to import: only when a dask view is asked for
     import dask.array as da
@@ -55,172 +60,11 @@ __all__ = [
     "voxel_offset",
 ]
 
-NGFF_VERSION = "0.5"
 FORMAT_VERSION = 1
-AXES = ("z", "y", "x")
 DONE_DIR = ".volseg/done"
-CODECS = ("blosc-zstd", "blosc-lz4", "zstd", "gzip", "none")
-DEFAULT_CODEC = "blosc-zstd"
 KINDS = ("image", "label", "probability", "mask")
 #: Larger than any stack (a side of 2**40 voxels, 2**40 chunks): metadata that says so is damaged.
 _MAX_SIDE, _MAX_CHUNKS = 2**40, 2**40
-#: zstd's own range of compression levels (numcodecs / zarr refuse others).
-ZSTD_LEVELS = (-131072, 22)
-#: Recorded in every volume volseg creates: each chunk of each array is stored (write_empty_chunks),
-#: so a chunk missing from the store is damage, not the fill value (see :class:`CheckedStore`).
-EVERY_CHUNK = "every_chunk_stored"
-
-
-# --------------------------------------------------------------------------- codecs
-def parse_codec(spec: str | None) -> list[Any] | None:
-    """Turn ``NAME[:LEVEL]`` into Zarr v3 compressors.
-
-    Parameters
-    ----------
-    spec
-        One of ``blosc-zstd`` (default), ``blosc-lz4``, ``zstd``, ``gzip``, ``none``,
-        optionally followed by ``:LEVEL`` (for example ``zstd:3``).
-
-    Returns
-    -------
-    list or None
-        Compressors for :func:`zarr.create_array`; ``None`` means uncompressed.
-    """
-    spec = (spec or DEFAULT_CODEC).strip().lower()
-    name, _, level_text = spec.partition(":")
-    if name not in CODECS:
-        raise OptionError(
-            f"--codec {spec!r}: unknown codec; use one of {', '.join(CODECS)} (optionally :LEVEL)"
-        )
-    level: int | None = None
-    if level_text:
-        try:
-            level = int(level_text)
-        except ValueError:
-            raise OptionError(
-                f"--codec {spec!r}: level {level_text!r} is not an integer; write e.g. zstd:3"
-            ) from None
-    if name == "none":
-        return None
-    if name.startswith("blosc"):
-        clevel = 5 if level is None else level
-        if not 0 <= clevel <= 9:
-            raise OptionError(f"--codec {spec!r}: blosc level must be 0..9 (5 default); write e.g. {name}:5")
-        return [BloscCodec(cname=name.split("-")[1], clevel=clevel, shuffle="bitshuffle")]
-    if name == "zstd":
-        zlevel = 3 if level is None else level
-        if not ZSTD_LEVELS[0] <= zlevel <= ZSTD_LEVELS[1]:
-            raise OptionError(
-                f"--codec {spec!r}: zstd level must be {ZSTD_LEVELS[0]}..{ZSTD_LEVELS[1]} "
-                "(1..19 usual, 3 default, negative: faster); write e.g. zstd:3"
-            )
-        return [ZstdCodec(level=zlevel)]
-    glevel = 5 if level is None else level
-    if not 0 <= glevel <= 9:
-        raise OptionError(f"--codec {spec!r}: gzip level must be 0..9 (5 default); write e.g. gzip:5")
-    return [GzipCodec(level=glevel)]
-
-
-def _codec_name(array: zarr.Array) -> str:
-    names = []
-    for c in array.compressors:
-        if isinstance(c, BloscCodec):
-            names.append(f"blosc-{c.cname.value}:{c.clevel}")
-        elif isinstance(c, ZstdCodec):
-            names.append(f"zstd:{c.level}")
-        elif isinstance(c, GzipCodec):
-            names.append(f"gzip:{c.level}")
-        else:
-            names.append(type(c).__name__)
-    return "+".join(names) or "none"
-
-
-# ------------------------------------------------------------------- checked reads
-class MissingChunkError(InputError):
-    """A chunk of a volume that stores every chunk is absent: the volume is damaged."""
-
-
-class _CheckedStore(WrapperStore):
-    """A read-only local store on which, once ``strict``, a missing level-0 chunk is an error, not zeros.
-
-    volseg writes every chunk of level ``0`` (:data:`EVERY_CHUNK`), so in its volumes a chunk
-    that is not there was lost (deleted, a failed copy, a damaged disk). The Zarr spec reads a
-    missing chunk as the fill value, which would turn damage into silent zeros; here the read
-    fails with one line naming the chunk. The check costs nothing: zarr asks the store for the
-    chunk anyway, and the store answers "absent" instead of bytes. ``strict`` is set once the
-    volume's metadata is read (volumes from other writers stay lenient).
-    """
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(LocalStore(str(path), read_only=True))
-        self._root, self.strict = str(path), False
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"store": self._store, "root": self._root, "strict": self.strict}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._store, self._root, self.strict = state["store"], state["root"], state["strict"]
-
-    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-        value = await self._store.get(key, prototype, byte_range)
-        if value is None and self.strict and key.startswith("0/c/"):
-            raise MissingChunkError(
-                f"{self._root}: chunk {key} is missing; volseg stores every chunk, so the volume is "
-                "damaged: restore it from a copy, or write it again with the command that made it"
-            )
-        return value
-
-
-# ----------------------------------------------------------------------- provenance
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    import tifffile
-
-    from volseg.version import __version__
-
-    return {
-        "volseg": __version__,
-        "zarr": zarr.__version__,
-        "dask": version("dask"),
-        "tifffile": tifffile.__version__,
-        "numpy": np.__version__,
-        "python": sys.version.split()[0],
-    }
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def provenance(
-    sources: Iterable[str | os.PathLike] = (),
-    config: dict[str, Any] | None = None,
-    command: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Describe where a volume came from.
-
-    Each source file is recorded with its absolute path, size and modification
-    time, so a later reader can tell whether the source changed since.
-    """
-    records = []
-    for src in sources:
-        p = Path(src)
-        entry: dict[str, Any] = {"path": str(p.resolve())}
-        if p.exists():
-            st = p.stat()
-            entry["size"] = st.st_size
-            entry["mtime"] = _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc).isoformat(
-                timespec="seconds"
-            )
-        records.append(entry)
-    return {
-        "sources": records,
-        "command": list(sys.argv if command is None else command),
-        "versions": _versions(),
-        "created": _now(),
-        "config": config or {},
-    }
 
 
 # ---------------------------------------------------------------------- block grid
@@ -234,111 +78,9 @@ def _grid(shape: Sequence[int], block: Sequence[int]) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------- placement
-#: A translation within this many voxels of a whole number counts as whole (float rounding).
-_WHOLE_VOXEL = 1e-3
-
-
 def voxel_offset(vol: Volume, level: int = 0) -> tuple[int, ...]:
-    """Where ``vol`` lies: the ``(z, y, x)`` voxel index of its first voxel in the frame of its source.
-
-    Read from the OME ``translation`` of the level's dataset (after its ``scale``, in physical
-    units: offset = translation / scale), which ``volseg predict --roi`` and ``volseg segment``
-    record; a volume without one lies at ``(0, 0, 0)``. Refused (one line) when the transforms
-    are malformed or the translation is not a whole number of voxels.
-    """
-    ndim = len(vol.shape)
-    transforms = _transforms(vol, level)
-    scale = _vector(vol, "scale", [t for t in transforms if t.get("type") == "scale"][:1], ndim)
-    if scale is None:
-        scale = np.ones(ndim)
-    if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
-        raise InputError(
-            f"{vol.path}: its OME scale {scale.tolist()} is not {ndim} positive numbers; fix the volume's "
-            "metadata (zarr.json) or convert it again"
-        )
-    shift = _vector(vol, "translation", [t for t in transforms if t.get("type") == "translation"], ndim)
-    if shift is None:
-        return (0,) * ndim
-    voxels = shift / scale
-    whole = np.rint(voxels)
-    if np.abs(voxels - whole).max(initial=0.0) > _WHOLE_VOXEL:
-        raise InputError(
-            f"{vol.path}: its OME translation {shift.tolist()} is not a whole number of voxels of size "
-            f"{scale.tolist()} ({voxels.round(3).tolist()} voxels); volseg places volumes on the voxel "
-            "grid: crop it on whole voxels (as 'volseg predict --roi' does)"
-        )
-    return tuple(int(v) for v in whole)
-
-
-def _transforms(vol: Volume, level: int) -> list[dict[str, Any]]:
-    """The coordinate transformations of dataset ``level`` (one line when the metadata is malformed)."""
-    try:
-        datasets = vol.group.attrs["ome"]["multiscales"][0]["datasets"]
-        transforms = datasets[level].get("coordinateTransformations") or []
-        if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
-            raise TypeError
-        return transforms
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise InputError(
-            f"{vol.path}: its OME metadata has no readable dataset {level} (multiscales/datasets/"
-            "coordinateTransformations); fix the volume's metadata (zarr.json) or convert it again"
-        ) from None
-
-
-def _vector(vol: Volume, name: str, transforms: list[dict[str, Any]], ndim: int) -> np.ndarray | None:
-    """The sum of the ``name`` vectors of ``transforms`` (float, length ``ndim``); None if there are none."""
-    if not transforms:
-        return None
-    total = np.zeros(ndim)
-    for t in transforms:
-        value = t.get(name)
-        try:
-            vector = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            vector = None
-        if vector is None or vector.shape != (ndim,) or not np.all(np.isfinite(vector)):
-            raise InputError(
-                f"{vol.path}: its OME {name} {value!r} is not {ndim} finite numbers (z, y, x); fix the "
-                "volume's metadata (zarr.json) or convert it again"
-            )
-        total += vector
-    return total
-
-
-def overlap_region(
-    a_offset: Sequence[int], a_shape: Sequence[int], b_offset: Sequence[int], b_shape: Sequence[int]
-) -> tuple[tuple[int, int], ...] | None:
-    """``[start, stop)`` per axis, in the common frame, where two placed boxes overlap; None if nowhere."""
-    region = tuple(
-        (max(ao, bo), min(ao + an, bo + bn))
-        for ao, an, bo, bn in zip(a_offset, a_shape, b_offset, b_shape, strict=True)
-    )
-    return region if all(lo < hi for lo, hi in region) else None
-
-
-def _ome_attrs(
-    name: str, unit: str | None, levels: Sequence[tuple[str, Sequence[float]]], kind: str
-) -> dict[str, Any]:
-    ome: dict[str, Any] = {
-        "version": NGFF_VERSION,
-        "multiscales": [
-            {
-                "name": name,
-                # No unit at all (NGFF allows that) when the physical size is unknown.
-                "axes": [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in AXES],
-                "datasets": [
-                    {
-                        "path": path,
-                        "coordinateTransformations": [{"type": "scale", "scale": [float(v) for v in scale]}],
-                    }
-                    for path, scale in levels
-                ],
-            }
-        ],
-    }
-    if kind == "label":
-        ome["image-label"] = {"version": NGFF_VERSION}
-    return {"ome": ome}
+    """Where ``vol`` lies in the frame of its source (:func:`volseg.storage.ome.voxel_offset`)."""
+    return ome.voxel_offset(vol.group.attrs["ome"], len(vol.shape), level, vol.path)
 
 
 # -------------------------------------------------------------------------- volume
@@ -543,7 +285,7 @@ class Volume:
         missing = self.n_blocks - len(self.done_blocks())
         if missing:
             raise RuntimeError(f"{self.path}: {missing} blocks are not done; refusing to mark complete")
-        self.update_meta(status="complete", completed=_now())
+        self.update_meta(status="complete", completed=now())
 
     @property
     def n_blocks(self) -> int:
@@ -602,32 +344,11 @@ class Volume:
         """Write 2-D (y, x) downsampled levels ``1..levels`` (factor 2 each), chunk by chunk."""
         from volseg.storage.pyramids import write_levels
 
-        write_levels(self, levels, method=method)
+        write_levels(self.group, levels, method=method)
 
 
 def _check_local(path: str | os.PathLike) -> Path:
-    from volseg.storage.paths import local_path
-
     return local_path(path, "the volume")
-
-
-def resolve_shards(
-    shards: Sequence[int], chunks: Sequence[int], shape: Sequence[int], name: str = "shards"
-) -> tuple[int, ...]:
-    """Shards clipped to the volume (rounded up to whole chunks); refused unless whole chunks.
-
-    ``chunks`` are already clipped to ``shape``; ``name`` is the option the message names.
-    """
-    clipped = tuple(
-        max(c, min(int(s), -(-n // c) * c)) for s, c, n in zip(shards, chunks, shape, strict=True)
-    )
-    if any(s % c for s, c in zip(clipped, chunks, strict=True)):
-        example = ",".join(str(c * 4 if i else c) for i, c in enumerate(chunks))
-        raise OptionError(
-            f"{name} {','.join(map(str, shards))}: each side must be a multiple of the chunks "
-            f"{','.join(map(str, chunks))}, e.g. {example}"
-        )
-    return clipped
 
 
 def create_volume(
@@ -679,8 +400,8 @@ def create_volume(
     if kind not in KINDS:
         raise OptionError(f"kind {kind!r} is not one of {KINDS}")
     compressors = parse_codec(codec)
-    dtype = _zarr_dtype(dtype)
-    _prepare_output(path, overwrite)
+    dtype = zarr_dtype(dtype)
+    prepare_output(path, overwrite)
     try:
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         group.create_array(
@@ -697,7 +418,7 @@ def create_volume(
         raise OutputError(
             f"{path}: cannot write the output ({exc.strerror or exc}); choose a writable location"
         ) from exc
-    attrs = _ome_attrs(path.stem, unit, [("0", voxel_size)], kind)
+    attrs = ome_attrs(path.stem, unit, [("0", voxel_size)], kind)
     attrs["volseg"] = {
         "format": FORMAT_VERSION,
         "kind": kind,
@@ -708,45 +429,6 @@ def create_volume(
     }
     group.attrs.update(attrs)
     return Volume(path, group)
-
-
-def _zarr_dtype(dtype: Any) -> np.dtype:
-    """``dtype`` as zarr v3 knows it: native byte order, canonical numpy type (``longlong`` -> ``int64``)."""
-    try:
-        dt = np.dtype(np.dtype(dtype).newbyteorder("=").str)
-    except TypeError:
-        raise OptionError(f"dtype {dtype!r} is not a numpy dtype") from None
-    if dt.kind not in "biuf":
-        raise InputError(
-            f"dtype {dt}: volseg volumes hold integers, floats or booleans; convert the data to one of those"
-        )
-    return dt
-
-
-def _prepare_output(path: Path, overwrite: bool) -> None:
-    if path.exists():
-        if not overwrite:
-            raise OutputError(
-                f"{path}: output already exists; pass --overwrite to replace it (or --resume to continue it)"
-            )
-        # --overwrite replaces volumes only: never delete a user's file or a folder of other things.
-        if not path.is_dir() or (not (path / "zarr.json").exists() and any(path.iterdir())):
-            raise OutputError(
-                f"{path}: exists and is not a Zarr volume; refusing to delete it, choose another output"
-            )
-        shutil.rmtree(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise OutputError(f"{path}: {blocker} is a file, not a folder; choose an output path in a folder")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"{path}: cannot create the output folder ({exc.strerror or exc}); choose a writable location"
-        ) from exc
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{path}: folder {parent} is not writable; choose a writable location")
 
 
 def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
@@ -774,7 +456,7 @@ def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
         raise InputError(
             f"{path}: not a Zarr v3 volume (no zarr.json); convert images first with 'volseg convert'"
         )
-    store = _CheckedStore(path) if mode == "r" else str(path)
+    store = CheckedStore(path) if mode == "r" else str(path)
     try:
         node = zarr.open(store, mode=mode, zarr_format=3)
         if isinstance(node, zarr.Array):
@@ -786,7 +468,7 @@ def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
                 f"{path}: is a Zarr group but not an OME-Zarr volume (no 'ome' metadata or array '0')"
             )
         vol = Volume(path, node)
-        if isinstance(store, _CheckedStore):
+        if isinstance(store, CheckedStore):
             store.strict = bool(vol.meta.get(EVERY_CHUNK))
         _check_metadata(vol)
     except VolsegError:
@@ -821,32 +503,7 @@ def _check_metadata(vol: Volume) -> None:
         raise InputError(
             f"{path}: array '0' has shape {array.shape} and chunks {array.chunks}; both must be positive"
         )
-    ms = vol.group.attrs["ome"].get("multiscales") if isinstance(vol.group.attrs["ome"], dict) else None
-    ok = isinstance(ms, list) and ms and isinstance(ms[0], dict)
-    datasets = ms[0].get("datasets") if ok else None
-    axes = ms[0].get("axes") if ok else None
-    ok = (
-        ok
-        and isinstance(datasets, list)
-        and datasets
-        and all(isinstance(d, dict) and "path" in d for d in datasets)
-    )
-    ok = ok and isinstance(axes, list) and len(axes) == 3 and all(isinstance(a, dict) for a in axes)
-    if ok:
-        transforms = datasets[0].get("coordinateTransformations")
-        scales = (
-            [t.get("scale") for t in transforms if isinstance(t, dict) and t.get("type") == "scale"]
-            if isinstance(transforms, list)
-            else []
-        )
-        ok = len(scales) == 1 and isinstance(scales[0], list) and len(scales[0]) == 3
-        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in scales[0])
-        ok = ok and datasets[0]["path"] == "0"
-    if not ok:
-        raise InputError(
-            f"{path}: its OME multiscales metadata is damaged (level 0 with a scale of 3 positive numbers "
-            "and 3 axes is needed); write it again with the command that made it"
-        )
+    check_multiscales(vol.group.attrs["ome"], path)
     meta = vol.group.attrs.get("volseg", {})
     if not isinstance(meta, dict):
         raise InputError(f"{path}: its 'volseg' metadata block is not an object; the volume is damaged")
@@ -898,7 +555,7 @@ def volume_info(path: str | os.PathLike) -> dict[str, Any]:
         "dtype": str(vol.dtype),
         "chunks": list(vol.chunks),
         "shards": list(vol.shards) if vol.shards else None,
-        "codec": _codec_name(vol.array),
+        "codec": codec_name(vol.array),
         "raw_bytes": raw,
         "stored_bytes": stored,
         "ratio": round(raw / stored, 2) if stored else None,
@@ -909,7 +566,3 @@ def volume_info(path: str | os.PathLike) -> dict[str, Any]:
         "provenance": meta.get("provenance", {}),
         "attributes": {k: v for k, v in meta.items() if k not in {"provenance"}},
     }
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)

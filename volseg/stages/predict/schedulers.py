@@ -1,0 +1,285 @@
+"""Running the blocks: dask's local schedulers (threads, processes, synchronous) or a distributed cluster.
+
+One ``dask.delayed`` task per pending block (:func:`tasks`); done blocks are not in the graph. With a
+local scheduler a failed block is retried inside its task and comes back as an error status; on a
+cluster dask's own retries apply and a failure comes back from its future. Either way every finished
+block is counted by a :class:`Meter` (voxels and seconds for the result, one progress update each).
+
+torch's thread count is set so that dask's parallel tasks times torch's threads do not exceed the
+cores (on a cluster: per host, from what the workers report).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from volseg.core import tiling
+from volseg.core.progress import Progress, Tracker
+from volseg.core.resources import available_cores
+from volseg.errors import OptionError, VolsegError
+from volseg.stages.predict.options import SCHEDULERS, PredictOptions
+from volseg.stages.predict.plan import Job, ModelInfo, Plan
+from volseg.stages.predict.worker import BlockStatus, failure, run_block
+
+if TYPE_CHECKING:
+    from dask.delayed import Delayed
+    from distributed import Client
+
+__all__ = ["CONNECT_TIMEOUT_S", "Meter", "execute", "make_job", "tasks"]
+
+#: The seconds a scheduler address is given to answer before the run is refused.
+CONNECT_TIMEOUT_S = 3.0
+
+
+class Meter:
+    """The progress task of the blocks: voxels and seconds for the result, an update per finished block.
+
+    Started (the bar appears, the plan's notes are told) only when the blocks are about to run, so that a
+    refused cluster address shows no bar.
+    """
+
+    def __init__(self, progress: Progress | None, plan: Plan) -> None:
+        self.tracker = Tracker(progress, "predict", len(plan.pending), "blocks")
+        for note in plan.notes:
+            self.tracker.note(f"note: {note}")
+        self.voxels = 0
+        self.start = self.end = time.perf_counter()
+
+    def advance(self, status: BlockStatus | None) -> None:
+        if status is not None and status.error is None:
+            self.voxels += status.voxels
+        rate = self.voxels / max(time.perf_counter() - self.start, 1e-9) / 1e6
+        self.tracker.advance(1, **{"": f"{rate:.2f} Mvox/s"})  # shown beside the count as it is
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    def __enter__(self) -> Meter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end = time.perf_counter()
+        self.tracker.close()
+
+
+# ------------------------------------------------------------------------------ tasks
+def make_job(
+    plan: Plan, info: ModelInfo, options: PredictOptions, torch_threads: int | dict[str, int], catch: bool
+) -> Job:
+    """What every task of this run needs (``catch``: retry and report failures inside the task)."""
+    from volseg.nn.inference import InferOptions
+
+    infer = InferOptions(
+        tile=plan.tile,
+        halo=plan.halo,
+        edge=plan.edge,
+        batch_size=plan.batch_size,
+        precision=options.precision,
+        device=options.device,
+        tta=options.tta,
+        activation=options.activation,
+    )
+    return Job(
+        run_id=uuid.uuid4().hex,
+        image=plan.image,
+        out=plan.out,
+        mask=plan.mask,
+        model_key=info.key,
+        model_path=info.path,
+        roi_start=tuple(a for a, _ in plan.roi),  # type: ignore[arg-type]
+        out_shape=plan.out_shape,
+        chunks=plan.chunks,
+        halo=plan.halo,
+        edge=plan.edge,
+        divisor=plan.divisor,
+        context=plan.context,
+        infer=infer,
+        normalization=info.normalization,
+        dtype=plan.dtype,
+        threshold=options.threshold,
+        channel=options.channel,
+        pad_mode=tiling.PAD_MODE,
+        torch_threads=torch_threads,
+        attempts=1 + options.retries if catch else 1,
+        catch=catch,
+    )
+
+
+def tasks(job: Job, blocks: list[tiling.Block]) -> list[Delayed]:
+    """One delayed :func:`run_block` per block, its key naming the block (``volseg-block-<run>-z.y.x``)."""
+    import dask
+
+    task = dask.delayed(run_block, pure=False)
+    return [
+        task(job, b, dask_key_name=f"volseg-block-{job.run_id[:8]}-{'.'.join(map(str, b.index))}")
+        for b in blocks
+    ]
+
+
+def execute(
+    plan: Plan, info: ModelInfo, options: PredictOptions, progress: Progress | None = None
+) -> tuple[list[BlockStatus], float]:
+    """Run the pending blocks; return their statuses and the seconds they took."""
+    if not plan.pending:
+        return [], 0.0
+    if plan.scheduler in SCHEDULERS:
+        job = make_job(plan, info, options, plan.torch_threads, catch=True)
+        with (
+            _torch_threads(plan.torch_threads if plan.scheduler != "processes" else None),
+            Meter(progress, plan) as meter,
+        ):
+            results = _run_local(tasks(job, plan.pending), plan.scheduler, plan.parallel, meter)
+        return results, meter.seconds
+    with _client(options, options.memory_limit) as client:
+        threads = _check_workers(client, plan, options)
+        job = make_job(plan, info, options, threads, catch=False)
+        with Meter(progress, plan) as meter:  # timed once the workers answered (start-up excluded)
+            results = _run_distributed(client, tasks(job, plan.pending), options.retries, meter)
+        return results, meter.seconds
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------ local
+def _run_local(tasks: list[Delayed], scheduler: str, parallel: int, meter: Meter) -> list[BlockStatus]:
+    import dask
+    from dask.callbacks import Callback
+
+    keys = {t.key for t in tasks}
+
+    class _Blocks(Callback):
+        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+            if key in keys:
+                meter.advance(result)
+
+    kwargs = {} if scheduler == "synchronous" else {"num_workers": parallel}
+    with _Blocks():
+        return list(dask.compute(*tasks, scheduler=scheduler, **kwargs))
+
+
+# ------------------------------------------------------------------------ distributed
+@contextlib.contextmanager
+def _client(options: PredictOptions, memory_limit: int | None) -> Iterator[Client]:
+    """A distributed client: to a running scheduler (checked within seconds) or a new LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if options.cluster:
+        try:
+            client = Client(options.scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise OptionError(
+                f"--scheduler {options.scheduler}: no dask scheduler answered within "
+                f"{CONNECT_TIMEOUT_S:.0f} s "
+                f"({type(exc).__name__}); start one with 'dask scheduler' or use --scheduler threads"
+            ) from None
+        with client:
+            yield client
+        return
+    n = options.workers or 1
+    per_worker = int(memory_limit / n) if memory_limit else "auto"
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        memory_limit=per_worker,
+        silence_logs=logging.ERROR,
+    )
+    with cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def _worker_probe(device: str, precision: str) -> dict[str, Any]:
+    from volseg.nn.runtime import resolve_device, resolve_precision
+
+    try:
+        dev = resolve_device(device).type
+    except VolsegError as exc:
+        return {"host": socket.gethostname(), "cores": available_cores(), "error": str(exc)}
+    return {
+        "host": socket.gethostname(),
+        "cores": available_cores(),
+        "device": dev,
+        "precision": resolve_precision(dev, precision),
+    }
+
+
+def _check_workers(client: Client, plan: Plan, options: PredictOptions) -> dict[str, int]:
+    """Workers see the shared paths; torch threads per worker so that no host is oversubscribed."""
+    probes = client.run(_worker_probe, options.device, options.precision)
+    if not probes:
+        raise OptionError(
+            f"--scheduler {options.scheduler}: the scheduler has no workers; start some with "
+            f"'dask worker {options.scheduler}'"
+        )
+    for address, probe in probes.items():
+        if probe.get("error"):
+            raise OptionError(f"worker {address}: {probe['error']}")
+    paths = [p for p in (plan.model_path, plan.image, str(Path(plan.out).parent)) if p]
+    seen = client.run(lambda ps: [os.path.exists(p) for p in ps], paths)
+    for address, ok in seen.items():
+        missing = [p for p, e in zip(paths, ok, strict=True) if not e]
+        if missing:
+            raise OptionError(
+                f"worker {address} cannot see {missing[0]}: the workers must share storage with "
+                f"this machine (same paths); see docs/distributed.md"
+            )
+    threads_per_host: dict[str, int] = {}
+    nthreads = {a: w["nthreads"] for a, w in client.scheduler_info()["workers"].items()}
+    for address, probe in probes.items():
+        threads_per_host[probe["host"]] = threads_per_host.get(probe["host"], 0) + nthreads.get(address, 1)
+    return {a: max(1, p["cores"] // threads_per_host[p["host"]]) for a, p in probes.items()}
+
+
+def _run_distributed(client: Client, tasks: list[Delayed], retries: int, meter: Meter) -> list[BlockStatus]:
+    """Submit the blocks, then collect their statuses as they finish (dask retries failed tasks)."""
+    from distributed import as_completed
+
+    futures = client.compute(tasks, retries=retries)
+    index = {f.key: _block_index_from_key(t.key) for f, t in zip(futures, tasks, strict=True)}
+    lost: dict[Any, int] = {}
+    results = []
+    pending = as_completed(futures, loop=client.loop)
+    for future in pending:
+        if future.status == "error":
+            status = failure(index[future.key], future.exception())
+        else:
+            try:
+                status = future.result()
+            except Exception as exc:
+                # The worker holding this tiny result died after computing it: the scheduler
+                # recomputes the key (its chunks are done, so the task only checks and returns).
+                lost[future.key] = lost.get(future.key, 0) + 1
+                if lost[future.key] <= 1 + retries:
+                    pending.add(future)
+                    continue
+                status = failure(index[future.key], exc)
+        meter.advance(status)
+        results.append(status)
+        future.release()
+    return results
+
+
+def _block_index_from_key(key: object) -> tuple[int, ...]:
+    text = key if isinstance(key, str) else str(key)
+    return tuple(int(p) for p in text.rsplit("-", 1)[-1].split("."))

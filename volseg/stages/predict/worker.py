@@ -1,0 +1,328 @@
+"""The block task and what a worker keeps between tasks: the model, the open volumes, its device.
+
+:func:`run_block` is the task of one block: it reads its own input window straight from the image
+volume (:func:`read_window`), runs :func:`volseg.nn.inference.infer_padded` (:func:`predict_block`),
+crops, converts and writes each of its chunks once, and returns a :class:`BlockStatus` (a few numbers,
+never arrays).
+
+The model is loaded once per worker process and device (a module-level cache keyed by the model
+file's checksum), never pickled into tasks; :func:`registered` shares a model loaded by the caller
+with tasks that run in its process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from volseg.core import tiling
+from volseg.errors import ModelError, VolsegError
+from volseg.stages.predict.plan import Job, ModelInfo
+from volseg.storage.conventions import Convention, from_probability, legacy_convention
+from volseg.storage.volumes import Volume, open_volume
+
+if TYPE_CHECKING:
+    import zarr
+    from torch import nn
+
+    from volseg.nn.inference import InferOptions, Margins
+
+__all__ = [
+    "BlockStatus",
+    "failure",
+    "model_info",
+    "predict_block",
+    "read_window",
+    "registered",
+    "run_block",
+    "worker_address",
+    "worker_device",
+    "worker_slot",
+]
+
+# ------------------------------------------------------------------------------ model
+#: Models prepared in this process, by (checksum, device); device None: as the caller loaded it.
+_MODELS: dict[tuple[str, str | None], nn.Module] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def model_info(model: str | os.PathLike[str] | nn.Module) -> tuple[ModelInfo, nn.Module]:
+    """Load (or accept) the model, check it, and name it by checksum."""
+    from volseg.nn.modelfile import load_model, model_checksum
+
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model).resolve()
+        module = load_model(path, device="cpu")  # raises ModelError: missing, not a volseg model
+        key, path_text = model_checksum(path), str(path)
+    elif hasattr(model, "divisor") and hasattr(model, "config") and callable(model):
+        module, path_text = model, None
+        key = "mem-" + _module_digest(module)
+    else:
+        raise ModelError(f"model {model!r}: pass the path of a model file written by 'volseg train'")
+    meta = dict(getattr(module, "volseg_meta", {}) or {})
+    config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(vars(module.config))
+    info = ModelInfo(
+        key=key,
+        path=path_text,
+        config=config,
+        divisor=int(module.divisor),
+        halo=int(module.halo),
+        context=int(module.config.context),
+        channels=int(module.config.out_channels),
+        normalization=meta.get("normalization"),
+        meta={k: meta.get(k) for k in ("foreground", "label_convention", "normalization")},
+        convention=_convention(meta).to_dict(),
+    )
+    return info, module
+
+
+def _convention(meta: dict[str, Any]) -> Convention:
+    """The model's recorded convention; an in-memory model without one: what its fields say."""
+    record = meta.get("convention")
+    return Convention.from_dict(record) if isinstance(record, dict) else legacy_convention(meta)
+
+
+def _module_digest(module: nn.Module) -> str:
+    digest = hashlib.sha256(type(module).__qualname__.encode())
+    digest.update(repr(getattr(module, "config", None)).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def registered(info: ModelInfo, module: nn.Module) -> Iterator[None]:
+    """Share the model already loaded here with in-process tasks (threads, synchronous)."""
+    with _MODELS_LOCK:
+        ours = [k for k in _MODELS if k[0] == info.key]
+        _MODELS.setdefault((info.key, None), module)
+    try:
+        yield
+    finally:
+        with _MODELS_LOCK:
+            for k in [k for k in _MODELS if k[0] == info.key and k not in ours]:
+                del _MODELS[k]
+
+
+def _worker_model(job: Job) -> tuple[nn.Module, InferOptions]:
+    """The model for ``job`` in this worker, and the inference options for its device.
+
+    Loaded and prepared once per process and device, then reused by every task.
+    """
+    import torch
+
+    from volseg.nn.modelfile import load_model
+    from volseg.nn.runtime import prepare_for_inference
+
+    threads = job.torch_threads
+    if isinstance(threads, dict):
+        threads = threads.get(worker_address(), None)
+    device = worker_device(job.infer.device)
+    infer = job.infer if device == job.infer.device else replace(job.infer, device=device)
+    with _MODELS_LOCK:
+        if threads and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        key = (job.model_key, device)
+        model = _MODELS.get(key)
+        if model is None:
+            model = _MODELS.get((job.model_key, None))  # registered by predict() in this process
+            if model is None:
+                if job.model_path is None:
+                    raise RuntimeError("an in-memory model needs the threads or synchronous scheduler")
+                model = load_model(job.model_path, device="cpu")
+            elif any(v is model for k, v in _MODELS.items() if k[1] is not None):
+                model = copy.deepcopy(model)  # already prepared for another device (GPU)
+            # Converted once, under the lock: infer_padded's own conversion is then a no-op, so
+            # no thread swaps the weights while another one runs a forward pass.
+            model = _MODELS[key] = prepare_for_inference(model, device)
+        return model, infer
+
+
+# ----------------------------------------------------------------------------- device
+def worker_device(device: str) -> str:
+    """The device of this worker: with several GPUs, ``cuda`` / ``auto`` become one GPU per worker.
+
+    The workers of ``--workers N`` (a LocalCluster, named 0 .. N-1) and the threads of one
+    process take ``cuda:0``, ``cuda:1``, ... in turn, so that tasks spread over the GPUs. A
+    worker started by hand should be given its GPU with ``CUDA_VISIBLE_DEVICES`` (it then sees
+    one). Any other device is returned as it is.
+    """
+    import torch
+
+    if device not in ("auto", "cuda") or not torch.cuda.is_available():
+        return device
+    count = torch.cuda.device_count()
+    return device if count < 2 else f"cuda:{worker_slot() % count}"
+
+
+_SLOT = threading.local()
+_SLOTS = itertools.count()
+
+
+def worker_slot() -> int:
+    """0, 1, 2, ...: a LocalCluster worker's name, else one number per thread of this process."""
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+        if isinstance(name, int):
+            return name
+    except (ImportError, ValueError):
+        pass
+    if not hasattr(_SLOT, "value"):
+        _SLOT.value = next(_SLOTS)
+    return _SLOT.value
+
+
+def worker_address() -> str | None:
+    """This dask worker's address, or ``None`` outside a ``distributed`` worker."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------- task
+@dataclass(frozen=True)
+class BlockStatus:
+    """What a task returns: a few numbers (never arrays)."""
+
+    index: tuple[int, ...]
+    voxels: int
+    chunks_written: int
+    seconds: float
+    error: str | None = None
+    #: The error is bad or damaged input (a missing chunk): rerunning cannot help.
+    bad_input: bool = False
+
+
+def failure(
+    index: tuple[int, ...], exc: BaseException | None, voxels: int = 0, seconds: float = 0.0
+) -> BlockStatus:
+    """The status of a block that raised ``exc``: one line of error, flagged when the input is at fault."""
+    if isinstance(exc, VolsegError):  # bad or damaged input, e.g. a missing chunk: its own message
+        return BlockStatus(index, voxels, 0, seconds, " ".join(str(exc).split()), True)
+    return BlockStatus(index, voxels, 0, seconds, f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+
+
+_VOLUMES: dict[tuple[str, str], Volume] = {}
+
+
+def _volume(path: str, mode: str, run_id: str) -> Volume:
+    """Open a volume once per process and run (zarr metadata is read once, not per task)."""
+    key = (path, f"{mode}:{run_id}")
+    vol = _VOLUMES.get(key)
+    if vol is None:
+        for old in [k for k in _VOLUMES if not k[1].endswith(run_id)]:  # earlier runs' volumes
+            _VOLUMES.pop(old, None)
+        vol = _VOLUMES[key] = open_volume(path, mode=mode)
+    return vol
+
+
+def read_window(
+    array: zarr.Array | np.ndarray, job: Job, block: tiling.Block
+) -> tuple[np.ndarray, tuple[int, int], Margins]:
+    """The block's input: z context, aligned y / x window with halo, ``job.edge`` mirrored at the edges.
+
+    Returns
+    -------
+    (padded, crop, margins)
+        ``padded`` is ``(Z + 2c, top + Y' + bottom, left + X' + right)`` in the stored dtype,
+        where ``Y' >= Y`` and ``X' >= X`` start on the pooling grid; ``crop`` is where the
+        block starts in ``Y', X'``; ``margins`` is ``((top, bottom), (left, right))``: the halo
+        inside the volume, ``job.edge`` at its edges.
+    """
+    reads, takes, crops, margins = [], [], [], []
+    for axis, (span, start, n) in enumerate(zip(block.out, job.roi_start, array.shape, strict=True)):
+        lo, hi = start + span.start, start + span.stop
+        if axis == 0:
+            window = tiling.Window(lo - job.context, hi + job.context, lo, 0)
+        else:
+            window = tiling.aligned_window(lo, hi, job.halo, job.divisor, n, job.edge)
+            crops.append(window.crop)
+            margins.append((window.origin - window.lo, window.hi - hi))
+        read, take = tiling.source_window(window.lo, window.hi, n, job.pad_mode)
+        reads.append(read)
+        takes.append(take)
+    data = np.asarray(array[tuple(reads)])
+    if not all(np.array_equal(t, np.arange(len(t))) for t in takes):
+        data = data[np.ix_(*takes)]
+    return data, (crops[0], crops[1]), (margins[0], margins[1])
+
+
+def predict_block(
+    model: nn.Module,
+    job: Job,
+    block: tiling.Block,
+    array: zarr.Array | np.ndarray,
+    infer: InferOptions | None = None,
+) -> np.ndarray:
+    """float32 ``(Z, Y, X)`` probabilities of one block (pure given the input array).
+
+    ``infer``: the inference options (default ``job.infer``), with this worker's device.
+    """
+    from volseg.nn.inference import infer_padded
+
+    padded, (cy, cx), margins = read_window(array, job, block)
+    probs = infer_padded(model, padded, job.halo, infer or job.infer, job.normalization, margins)
+    if probs.ndim == 4:
+        probs = probs[1 if job.channel is None else job.channel]
+    bz, by, bx = block.shape
+    return probs[:, cy : cy + by, cx : cx + bx]
+
+
+def _write_chunks(job: Job, block: tiling.Block, probs: np.ndarray) -> int:
+    out = _volume(job.out, "r+", job.run_id)
+    mask = _volume(job.mask, "r+", job.run_id) if job.mask else None
+    written = 0
+    for cid in block.chunk_ids:
+        if out.is_done(cid) and (mask is None or mask.is_done(cid)):
+            continue
+        region = tiling.region(job.out_shape, job.chunks, cid)
+        local = tuple(
+            slice(r.start - b.start, r.stop - b.start) for r, b in zip(region, block.out, strict=True)
+        )
+        p = probs[local]
+        if mask is not None:
+            mask.write_block(cid, (p >= np.float32(job.threshold)).astype(np.uint8))
+        out.write_block(cid, from_probability(p, job.dtype))
+        written += 1
+    return written
+
+
+def run_block(job: Job, block: tiling.Block) -> BlockStatus:
+    """The task: read the block with its halo, predict, write each of its chunks once.
+
+    With ``job.catch`` (local schedulers) a failure is retried ``job.attempts - 1`` times and
+    then returned as an error status, so that the other blocks go on; without it (a
+    distributed cluster) the exception propagates and dask's own retries apply.
+    """
+    start = time.perf_counter()
+    for attempt in range(job.attempts):
+        try:
+            model, infer = _worker_model(job)
+            source = _volume(job.image, "r", job.run_id)
+            probs = predict_block(model, job, block, source.array, infer)
+            written = _write_chunks(job, block, probs)
+            return BlockStatus(block.index, block.size, written, time.perf_counter() - start)
+        except Exception as exc:
+            if not job.catch:
+                raise
+            # bad or damaged input (a missing chunk): retrying can't help
+            if isinstance(exc, VolsegError) or attempt + 1 == job.attempts:
+                return failure(block.index, exc, block.size, time.perf_counter() - start)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,66 @@
+"""Where a volume (or a model) came from: sources with size and time, the command, versions, config."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+__all__ = ["now", "provenance"]
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import tifffile
+
+    from volseg.version import __version__
+
+    return {
+        "volseg": __version__,
+        "zarr": zarr.__version__,
+        "dask": version("dask"),
+        "tifffile": tifffile.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(
+    sources: Iterable[str | os.PathLike] = (),
+    config: dict[str, Any] | None = None,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Describe where a volume came from.
+
+    Each source file is recorded with its absolute path, size and modification
+    time, so a later reader can tell whether the source changed since.
+    """
+    records = []
+    for src in sources:
+        p = Path(src)
+        entry: dict[str, Any] = {"path": str(p.resolve())}
+        if p.exists():
+            st = p.stat()
+            entry["size"] = st.st_size
+            entry["mtime"] = _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc).isoformat(
+                timespec="seconds"
+            )
+        records.append(entry)
+    return {
+        "sources": records,
+        "command": list(sys.argv if command is None else command),
+        "versions": _versions(),
+        "created": now(),
+        "config": config or {},
+    }
