@@ -118,3 +118,40 @@ def test_cli_defaults_are_the_dataclass_defaults(command: str) -> None:
             different.append(f"{flag}: CLI {cli!r}, API {fields[param.name]!r}")
     assert different == [], f"volseg {command}: defaults declared twice and different: {different}"
     assert compared, f"volseg {command}: no option matched a field of {_options()[command]}"
+
+
+def test_cli_choices_are_the_api_choices() -> None:
+    """Each enum of the CLI offers exactly the values the API accepts (declared once, in the API)."""
+    from volseg.app import choices
+    from volseg.core.augment import PRESETS
+    from volseg.core.segmentation import METHODS, MODES, SEEDS
+    from volseg.nn.runtime import PRECISIONS
+    from volseg.nn.unet import NORMS, UPSAMPLES
+    from volseg.stages.evaluate.options import INSTANCE_MODES
+    from volseg.stages.predict.options import DTYPES
+    from volseg.stages.preview import STYLES
+    from volseg.stages.segment.options import INPUT_KINDS
+    from volseg.stages.train.config import LOSSES
+    from volseg.storage.conventions import FOREGROUND_KINDS
+    from volseg.storage.volumes import KINDS
+
+    pairs = {
+        choices.Loss: LOSSES,
+        choices.ForegroundKind: FOREGROUND_KINDS,
+        choices.AugmentPreset: PRESETS,
+        choices.Norm: NORMS,
+        choices.Upsample: UPSAMPLES,
+        choices.Precision: PRECISIONS,
+        choices.SegmentMode: MODES,
+        choices.SegmentMethod: METHODS,
+        choices.SeedKind: SEEDS,
+        choices.InputKind: INPUT_KINDS,
+        choices.InstanceMode: INSTANCE_MODES,
+        choices.PreviewStyle: STYLES,
+        choices.OutDtype: DTYPES,
+        choices.VolumeKind: KINDS,
+    }
+    enums = {v for v in vars(choices).values() if isinstance(v, type) and issubclass(v, enum.Enum)}
+    assert enums - {enum.Enum} == set(pairs), "a CLI enum without its API tuple in this test"
+    for cli_enum, api in pairs.items():
+        assert sorted(e.value for e in cli_enum) == sorted(api), cli_enum.__name__

@@ -329,7 +329,7 @@ def test_cli_segment(tmp_path):
 def test_cli_defaults_are_the_api_defaults():
     import inspect
 
-    from volseg.app.cli import segment_cmd
+    from volseg.app.commands.segment import segment_cmd
 
     defaults = SegmentOptions().record()
     params = inspect.signature(segment_cmd).parameters

@@ -38,3 +38,10 @@ class IncompleteRunError(VolsegError):
     """
 
     exit_code = 1
+
+
+class VolsegWarning(UserWarning):
+    """Something a stage's user should know that does not stop the run (stages do not print).
+
+    Raised with :func:`warnings.warn`; the CLI prints each as one ``volseg: warning: ...`` line.
+    """

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from volseg.core.progress import Progress
-from volseg.errors import IncompleteRunError, OptionError
+from volseg.errors import IncompleteRunError, OptionError, VolsegWarning
 from volseg.stages.predict.options import DTYPES, SCHEDULERS, PredictOptions
 from volseg.stages.predict.outputs import create_outputs, existing_done, finish, identity, mask_path
 from volseg.stages.predict.plan import (
@@ -91,7 +91,7 @@ __all__ = [
 ]
 
 
-class PredictWarning(UserWarning):
+class PredictWarning(VolsegWarning):
     """Something about the inputs the user should know before the run (e.g. a brightness shift)."""
 
 

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
+from volseg.errors import VolsegWarning
 from volseg.storage.files import atomic_write_text, dump_json
 
 __all__ = ["JsonLog", "draw_curves"]
@@ -53,4 +54,4 @@ def draw_curves(log: Path, png: Path) -> None:
     try:
         plot_curves(log, png)
     except Exception as exc:  # noqa: BLE001 (a figure must never end a training run)
-        warnings.warn(f"could not draw {png}: {exc}", stacklevel=2)
+        warnings.warn(f"could not draw {png}: {exc}", VolsegWarning, stacklevel=2)

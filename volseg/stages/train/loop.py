@@ -26,7 +26,7 @@ import torch
 
 from volseg.core.progress import Tracker
 from volseg.core.resources import available_cores
-from volseg.errors import ModelError, OptionError, OutputError
+from volseg.errors import ModelError, OptionError, OutputError, VolsegWarning
 from volseg.nn.modelfile import read_model_file, save_model
 from volseg.nn.patches import BatchIndices, IntensityStats, PatchConfig, PatchDataset
 from volseg.nn.runtime import autocast_context, resolve_device, resolve_precision
@@ -89,7 +89,9 @@ def auto_workers(workers: int, device: torch.device) -> int:
     """DataLoader processes for ``--workers`` (``-1`` chooses); over 4 per core are capped, with a warning."""
     cores = available_cores()
     if workers > 4 * cores:  # each worker holds a copy of the process (~0.4 GB): more costs memory
-        warnings.warn(f"--workers {workers} is more than 4 per core; using {4 * cores}", stacklevel=2)
+        warnings.warn(
+            f"--workers {workers} is more than 4 per core; using {4 * cores}", VolsegWarning, stacklevel=2
+        )
         return 4 * cores
     if workers >= 0:
         return workers

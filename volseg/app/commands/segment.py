@@ -1,0 +1,169 @@
+"""``volseg segment``: membrane probabilities -> cell labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+try:  # newer typer carries its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_errors
+try:
+    from typer.exceptions import Abort as ClickAbort
+except ImportError:  # pragma: no cover
+    ClickAbort = getattr(click_errors, "Abort", KeyboardInterrupt)
+
+from volseg.app.base import app, echo_json, friendly, parse_ints
+from volseg.app.choices import InputKind, SeedKind, SegmentMethod, SegmentMode
+
+
+@app.command("segment")
+@friendly
+def segment_cmd(
+    prob: Annotated[
+        Path,
+        typer.Argument(
+            help="Probability (uint8 or float) or binary mask volume, e.g. the output of 'volseg predict'.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="The label volume to write (cells.zarr).", show_default=False)],
+    mode: Annotated[
+        SegmentMode,
+        typer.Option(
+            help="2d: each section on its own (ssTEM); 3d: connected components consistent across blocks."
+        ),
+    ] = SegmentMode.two_d,
+    method: Annotated[
+        SegmentMethod,
+        typer.Option(help="2-D: seeded watershed, or plain connected components of the interior."),
+    ] = SegmentMethod.watershed,
+    seeds: Annotated[
+        SeedKind,
+        typer.Option(
+            help="Watershed seeds: h-minima of the boundary map, or the tops of the interior's "
+            "distance transform."
+        ),
+    ] = SeedKind.distance,
+    threshold: Annotated[
+        float, typer.Option(help="Boundary probability below which a pixel is cell interior.")
+    ] = 0.5,
+    sigma: Annotated[
+        float, typer.Option(help="Gaussian smoothing of the boundary map in y, x (pixels; 0: none).")
+    ] = 1.0,
+    min_distance: Annotated[
+        int, typer.Option(help="Smallest distance between distance-transform seeds (pixels).")
+    ] = 8,
+    distance_h: Annotated[
+        float, typer.Option(help="Distance seeds: least height of a distance-transform maximum (pixels).")
+    ] = 6.0,
+    h: Annotated[float, typer.Option("--h", help="Depth of the h-minima seeds (probability units).")] = 0.1,
+    min_size: Annotated[
+        int, typer.Option(help="Drop segments smaller than this (pixels in 2d, voxels in 3d).")
+    ] = 20,
+    keep_boundaries: Annotated[
+        bool,
+        typer.Option(
+            "--keep-boundaries", help="2-D watershed: flood only the interior, so membranes stay 0."
+        ),
+    ] = False,
+    relabel: Annotated[
+        bool,
+        typer.Option(
+            "--relabel", help="2-D: consecutive ids (a second pass) instead of sparse ids z*Y*X + n."
+        ),
+    ] = False,
+    invert: Annotated[
+        bool | None,
+        typer.Option(
+            "--invert/--no-invert",
+            help="The input is a cell (interior) "
+            "probability / a membrane probability; default: from its "
+            "metadata, else membrane.",
+            show_default=False,
+        ),
+    ] = None,
+    input_kind: Annotated[
+        InputKind | None,
+        typer.Option(
+            help="What PROB holds, whatever its recorded kind (e.g. probabilities from another tool "
+            "converted to Zarr); default: its recorded kind, which must be probability or mask.",
+            show_default=False,
+        ),
+    ] = None,
+    chunks: Annotated[
+        str | None, typer.Option(help="Output chunks Z,Y,X; default: the input's blocks.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Dask worker threads; default: one per core.")] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Dask scheduler: threads, processes or synchronous; "
+            "default: threads, or the active distributed client."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run (same input and options).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Segment cells into instance labels from a membrane probability volume, block by block.
+
+    Resumable (--resume) and dask-parallel; writes an OME-Zarr label volume that napari shows as labels.
+
+    Example: volseg segment prob.zarr cells.zarr --min-size 50
+    """
+    import time
+
+    from volseg.core.progress import Update
+    from volseg.stages.segment import SegmentOptions, segment
+
+    opts = SegmentOptions(
+        mode=mode.value,
+        method=method.value,
+        seeds=seeds.value,
+        threshold=threshold,
+        sigma=sigma,
+        min_distance=min_distance,
+        distance_h=distance_h,
+        h=h,
+        min_size=min_size,
+        keep_boundaries=keep_boundaries,
+        relabel=relabel,
+        invert=invert,
+    )
+    start = time.perf_counter()
+
+    def say(update: Update) -> None:  # each phase as one line on stderr, e.g. "segment: labelling ..."
+        if update.message is not None and not as_json:
+            typer.echo(update.describe(), err=True)
+
+    summary = segment(
+        prob,
+        out,
+        options=opts,
+        input_kind=input_kind.value if input_kind else None,
+        chunks=parse_ints(chunks, "--chunks"),
+        overwrite=overwrite,
+        resume=resume,
+        scheduler=scheduler,
+        workers=workers,
+        progress=say,
+    ).to_dict()
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    if as_json:
+        echo_json(summary)
+        return
+    count = (
+        f"{summary['labels']} labels"
+        if summary["ids"] == "consecutive"
+        else f"sparse ids up to {summary['labels']}"
+    )
+    typer.echo(
+        f"{summary['path']}: {count}, {summary['dtype']}, {summary['mode']} mode, {summary['blocks']} blocks "
+        f"({summary['resumed_blocks']} already done), {summary['seconds']} s"
+    )
