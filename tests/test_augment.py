@@ -321,7 +321,7 @@ def test_probability_overrides_parse():
 def test_probability_overrides_reject_bad_input(text, message):
     with pytest.raises(OptionError, match=message) as info:
         parse_probabilities(text)
-    assert str(info.value).startswith(f"--augment-prob {text!r}")
+    assert str(info.value).startswith(f"augment_prob {text!r}")  # the argument; the CLI shows the flag
     assert "\n" not in str(info.value)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from volseg import __version__
@@ -76,3 +77,20 @@ def test_unexpected_exception_exits_non_zero(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode not in (0, 2) and "RuntimeError: boom: a bug" in out.stderr
+
+
+def test_the_cli_names_the_flag_where_the_api_names_the_argument():
+    """Pure modules name the API argument; the CLI's one line names the flag in its place."""
+    from volseg.app.base import one_line
+    from volseg.core import tiling
+    from volseg.errors import OptionError, renamed
+
+    with pytest.raises(OptionError) as info:
+        tiling.parse_roi("0:1,0:2")
+    assert str(info.value).startswith("roi '0:1,0:2':") and info.value.argument == "roi"
+    assert one_line(info.value).startswith("--roi '0:1,0:2': write three ranges")
+    err = OptionError("val_slices '40:50': range 40:50\n reaches outside", argument="val_slices")
+    assert one_line(err) == "--val-slices '40:50': range 40:50 reaches outside"
+    assert one_line(OptionError("--tile 5: not a multiple")) == "--tile 5: not a multiple"
+    moved = renamed(err, "--val-slices")
+    assert type(moved) is OptionError and str(moved).startswith("--val-slices '40:50'")

@@ -494,6 +494,24 @@ def test_result_is_plain_data_and_progress_counts_sections(tmp_path, rng):
     np.testing.assert_array_equal(stored(result.path), data)
 
 
+def test_options_as_one_dataclass_equal_the_keywords(tmp_path, rng):
+    """The stage shape: convert(src, out, options) gives what the same keywords give; not both at once."""
+    from volseg.stages.convert import ConvertOptions
+
+    data = rng.integers(0, 255, (3, 20, 30), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", data, photometric="minisblack")
+    opts = ConvertOptions(chunks=(1, 8, 30), voxel_size=(40.0, 4.0, 4.0), unit="nanometer")
+    a = convert(tmp_path / "s.tif", tmp_path / "a.zarr", opts)
+    b = convert(tmp_path / "s.tif", tmp_path / "b.zarr", chunks=(1, 8, 30), voxel_size=(40, 4, 4), unit="nm")
+    assert {k: v for k, v in a.to_dict().items() if k not in ("path", "seconds")} == {
+        k: v for k, v in b.to_dict().items() if k not in ("path", "seconds")
+    }
+    np.testing.assert_array_equal(stored(a.path), stored(b.path))
+    with pytest.raises(OptionError, match="as options or as keywords, not both"):
+        convert(tmp_path / "s.tif", tmp_path / "c.zarr", opts, chunks=(1, 4, 4))
+    assert not (tmp_path / "c.zarr").exists()
+
+
 def test_cli_convert_then_info(tmp_path, rng):
     data = rng.integers(0, 255, (6, 30, 40), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "s.tif", data, photometric="minisblack")

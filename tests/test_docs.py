@@ -42,3 +42,44 @@ def test_relative_links_resolve(page):
         if not path.exists():
             broken.append(target)
     assert broken == [], f"{page.name}: broken links {broken}"
+
+
+#: Keys of a volume's ``volseg`` attribute block, which the pages write as ``volseg.KEY`` too.
+METADATA_KEYS = {
+    "kind",
+    "status",
+    "convention",
+    "label_convention",
+    "membrane_fraction",
+    "predict",
+    "segment",
+}
+
+
+def _resolves(ref: str) -> bool:
+    import importlib
+
+    parts = ref.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_module_references_resolve(page):
+    """Every ``volseg.module.name`` and ``volseg/path.py`` a page names exists (modules move; pages too)."""
+    text = page.read_text()
+    refs = set(re.findall(r"\bvolseg(?:\.[A-Za-z_][A-Za-z_0-9]*)+", text))
+    broken = [r for r in sorted(refs) if not _resolves(r) and r.split(".")[1] not in METADATA_KEYS]
+    broken += [
+        p for p in sorted(set(re.findall(r"\bvolseg/[A-Za-z_/]+\.py\b", text))) if not (ROOT / p).exists()
+    ]
+    assert broken == [], f"{page.name}: names what does not exist: {broken}"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from skimage.metrics import adapted_rand_error, variation_of_information
-from support import translate
+from support import translate, write_volume
 from typer.testing import CliRunner
 
 from volseg.app.cli import app
@@ -19,12 +19,7 @@ runner = CliRunner()
 
 
 def _write(path, data, chunks=None, kind="image", **extra):
-    data = np.asarray(data)
-    vol = create_volume(path, data.shape, data.dtype, chunks or data.shape, kind=kind, extra=extra or None)
-    for b in vol.block_ids():
-        vol.write_block(b, data[vol.block_region(b)])
-    vol.mark_complete()
-    return path
+    return write_volume(path, data, chunks or np.shape(data), kind, extra=extra or None)
 
 
 def _labels(tmp_path, name, data, chunks=None):

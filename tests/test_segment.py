@@ -10,6 +10,7 @@ import pytest
 import scipy.ndimage as ndi
 from skimage.metrics import adapted_rand_error
 from skimage.segmentation import find_boundaries
+from support import same_partition, write_volume
 from typer.testing import CliRunner
 
 import volseg.stages.segment.passes as seg
@@ -23,21 +24,7 @@ runner = CliRunner()
 
 
 def _write(path, data, chunks, kind="probability", **extra):
-    vol = create_volume(
-        path, data.shape, data.dtype, chunks, kind=kind, voxel_size=(50, 4, 4), extra=extra or None
-    )
-    for b in vol.block_ids():
-        vol.write_block(b, data[vol.block_region(b)])
-    vol.mark_complete()
-    return path
-
-
-def _same_partition(a, b):
-    """True when two label arrays are equal up to a renumbering of the ids (0 stays 0)."""
-    if ((a == 0) != (b == 0)).any():
-        return False
-    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+    return write_volume(path, data, chunks, kind, voxel_size=(50, 4, 4), extra=extra or None)
 
 
 def _toy_cells(shape, n_cells, seed):
@@ -152,7 +139,7 @@ def test_3d_labels_are_consistent_across_chunk_borders(tmp_path):
     segment(tmp_path / "p.zarr", tmp_path / "c.zarr", options=SegmentOptions(mode="3d", sigma=0, min_size=0))
     labels = open_volume(tmp_path / "c.zarr").data.compute()
     reference, n = ndi.label(interior)
-    assert _same_partition(labels, reference)
+    assert same_partition(labels, reference)
     assert labels.max() == n and len(np.unique(labels)) == n + 1  # consecutive ids
     cross = labels[1:11, 3:37, 18:22]
     assert len(np.unique(cross)) == 1 and cross.min() > 0
@@ -166,7 +153,7 @@ def test_3d_size_filter_and_smoothing_match_whole_array(tmp_path):
     segment(tmp_path / "p.zarr", tmp_path / "c.zarr", options=opts)
     labels = open_volume(tmp_path / "c.zarr").data.compute()
     reference = segment_array(prob / 255.0, opts)
-    assert _same_partition(labels, reference)
+    assert same_partition(labels, reference)
     assert np.bincount(labels.ravel())[1:].min() >= 30
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import support
 import torch
 from typer.testing import CliRunner
 
@@ -34,7 +35,6 @@ from volseg.stages.train import (
     validation_metrics,
 )
 from volseg.stages.train.config import option_default, option_names, write_config_toml
-from volseg.storage.volumes import create_volume
 
 runner = CliRunner()
 SHAPE = (8, 96, 96)
@@ -55,11 +55,7 @@ def one_thread():
 
 
 def write_volume(path: Path, data: np.ndarray, kind: str = "image") -> Path:
-    vol = create_volume(path, data.shape, data.dtype, (1, 48, 48), kind=kind)
-    for index in vol.block_ids():
-        vol.write_block(index, data[vol.block_region(index)], fsync=False)
-    vol.mark_complete()
-    return path
+    return support.write_volume(path, data, (1, 48, 48), kind)
 
 
 @pytest.fixture(scope="module")

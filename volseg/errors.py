@@ -10,9 +10,33 @@ from __future__ import annotations
 
 
 class VolsegError(ValueError):
-    """Base class of every error caused by the user's input or options."""
+    """Base class of every error caused by the user's input or options.
+
+    ``argument``: the API argument whose value is wrong, when the message starts with its name
+    (pure modules name arguments, not CLI flags; the CLI puts the flag in its place, see
+    :func:`renamed`).
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str = "", *, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+def renamed(exc: VolsegError, name: str) -> VolsegError:
+    """The same error with the name of its argument at the start of the message replaced by ``name``."""
+    message = str(exc)
+    if not exc.argument or not message.startswith(exc.argument):
+        return exc
+    new = type(exc)(name + message[len(exc.argument) :], argument=name)
+    new.__cause__ = exc.__cause__
+    return new
+
+
+def flag(argument: str) -> str:
+    """The CLI flag of an API argument: ``val_slices`` -> ``--val-slices``."""
+    return "--" + argument.replace("_", "-")
 
 
 class InputError(VolsegError):

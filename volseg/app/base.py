@@ -26,7 +26,7 @@ try:
 except ImportError:  # pragma: no cover
     ClickAbort = getattr(click_errors, "Abort", KeyboardInterrupt)
 
-from volseg.errors import OptionError, VolsegError, VolsegWarning
+from volseg.errors import OptionError, VolsegError, VolsegWarning, flag, renamed
 from volseg.version import __version__
 
 #: convert -> train -> predict -> segment -> evaluate -> preview; then the whole chain, its data, a look.
@@ -65,7 +65,7 @@ class _Group(TyperGroup):
         except VolsegError as exc:
             if _STATE["debug"]:
                 raise
-            typer.echo(f"volseg: error: {' '.join(str(exc).split())}", err=True)
+            typer.echo(f"volseg: error: {one_line(exc)}", err=True)
             sys.exit(exc.exit_code)
         except click_errors.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "volseg"
@@ -115,6 +115,13 @@ def _root(
     _STATE["debug"] = debug
 
 
+def one_line(exc: VolsegError) -> str:
+    """The error as the CLI prints it: one line, with the CLI flag where the message names an API argument."""
+    if exc.argument and not exc.argument.startswith("-"):
+        exc = renamed(exc, flag(exc.argument))
+    return " ".join(str(exc).split())  # one line, whatever the message held
+
+
 def friendly(fn: F) -> F:
     """Turn a VolsegError into one line on stderr and its exit code (2 for bad input)."""
 
@@ -125,8 +132,7 @@ def friendly(fn: F) -> F:
         except VolsegError as exc:
             if _STATE["debug"]:
                 raise
-            message = " ".join(str(exc).split())  # one line, whatever the message held
-            typer.echo(f"volseg: error: {message}", err=True)
+            typer.echo(f"volseg: error: {one_line(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("volseg: interrupted", err=True)
@@ -136,36 +142,27 @@ def friendly(fn: F) -> F:
 
 
 # ------------------------------------------------------------------ option parsing
-def parse_ints(text: str | None, option: str, n: int = 3) -> tuple[int, ...] | None:
-    """Parse ``"1,512,512"`` into ``(1, 512, 512)``; None stays None."""
-    if text is None:
-        return None
-    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+def _parse_numbers(text: str, option: str, n: int, kind: type, words: str, example: str) -> tuple:
+    parts = [p.strip() for p in (text.replace("x", ",") if kind is int else text).split(",")]
     try:
-        values = tuple(int(p) for p in parts)
+        values = tuple(kind(p) for p in parts)
     except ValueError:
         raise OptionError(
-            f"{option} {text!r}: expected {n} integers separated by commas, e.g. 1,512,512"
+            f"{option} {text!r}: expected {n} {words} separated by commas, e.g. {example}"
         ) from None
-    if len(values) != n or any(v < 1 for v in values):
-        raise OptionError(f"{option} {text!r}: expected {n} positive integers separated by commas")
+    if len(values) != n or any(not v > 0 for v in values):
+        raise OptionError(f"{option} {text!r}: expected {n} positive {words} separated by commas")
     return values
+
+
+def parse_ints(text: str | None, option: str, n: int = 3) -> tuple[int, ...] | None:
+    """Parse ``"1,512,512"`` (or ``1x512x512``) into ``(1, 512, 512)``; None stays None."""
+    return None if text is None else _parse_numbers(text, option, n, int, "integers", "1,512,512")
 
 
 def parse_floats(text: str | None, option: str, n: int = 3) -> tuple[float, ...] | None:
     """Parse ``"50,4,4"`` into ``(50.0, 4.0, 4.0)``; None stays None."""
-    if text is None:
-        return None
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        raise OptionError(
-            f"{option} {text!r}: expected {n} numbers separated by commas, e.g. 50,4,4"
-        ) from None
-    if len(values) != n or any(not v > 0 for v in values):
-        raise OptionError(f"{option} {text!r}: expected {n} positive numbers separated by commas")
-    return values
+    return None if text is None else _parse_numbers(text, option, n, float, "numbers", "50,4,4")
 
 
 def echo_json(obj: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from volseg.core.progress import Update
 
-__all__ = ["TerminalProgress"]
+__all__ = ["NoteLines", "TerminalProgress"]
 
 
 def _text(value: float | str) -> str:
@@ -81,3 +81,20 @@ class TerminalProgress:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class NoteLines:
+    """A :class:`~volseg.core.progress.Progress` that prints only the news, one line per message on stderr.
+
+    For stages whose counts are not worth a bar (segment's phases, the demo's stages). ``with_task``
+    writes ``"task: message"``; without it the message alone.
+    """
+
+    def __init__(self, *, with_task: bool = True) -> None:
+        self.with_task = with_task
+
+    def __call__(self, update: Update) -> None:
+        if update.message is not None:
+            import typer
+
+            typer.echo(update.describe() if self.with_task else update.message, err=True)

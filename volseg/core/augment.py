@@ -190,7 +190,9 @@ class AugmentConfig:
     def preset(cls, name: str) -> AugmentConfig:
         """One of ``"none"`` (identity), ``"light"``, ``"default"``, ``"heavy"``."""
         if name not in cls._PRESETS:
-            raise OptionError(f"--augment {name!r}: unknown preset; use one of {', '.join(PRESETS)}")
+            raise OptionError(
+                f"augment {name!r}: unknown preset; use one of {', '.join(PRESETS)}", argument="augment"
+            )
         return cls(**cls._PRESETS[name])
 
     def with_probabilities(self, probabilities: Mapping[str, float] | str) -> AugmentConfig:
@@ -209,7 +211,7 @@ class AugmentConfig:
         return {name: getattr(self, f"p_{name}") for name in TRANSFORMS}
 
 
-def parse_probabilities(text: str, option: str = "--augment-prob") -> dict[str, float]:
+def parse_probabilities(text: str, option: str = "augment_prob") -> dict[str, float]:
     """Parse ``"elastic=0.5,noise=0"`` into ``{"elastic": 0.5, "noise": 0.0}``.
 
     Raises :class:`~volseg.errors.OptionError` naming ``option`` for an unknown
@@ -219,10 +221,13 @@ def parse_probabilities(text: str, option: str = "--augment-prob") -> dict[str, 
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value_text = (s.strip() for s in item.partition("="))
         if not sep:
-            raise OptionError(f"{option} {item!r}: write NAME=PROBABILITY, for example elastic=0.5")
+            raise OptionError(
+                f"{option} {item!r}: write NAME=PROBABILITY, for example elastic=0.5", argument=option
+            )
         if name not in TRANSFORMS:
             raise OptionError(
-                f"{option} {item!r}: unknown transform {name!r}; use one of {', '.join(TRANSFORMS)}"
+                f"{option} {item!r}: unknown transform {name!r}; use one of {', '.join(TRANSFORMS)}",
+                argument=option,
             )
         try:
             value = float(value_text)
@@ -230,7 +235,8 @@ def parse_probabilities(text: str, option: str = "--augment-prob") -> dict[str, 
             value = math.nan
         if not 0.0 <= value <= 1.0:
             raise OptionError(
-                f"{option} {item!r}: {value_text!r} is not a probability; use a number from 0 to 1"
+                f"{option} {item!r}: {value_text!r} is not a probability; use a number from 0 to 1",
+                argument=option,
             )
         result[name] = value
     return result

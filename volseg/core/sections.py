@@ -10,9 +10,10 @@ from volseg.errors import OptionError
 __all__ = ["parse_sections"]
 
 
-def parse_sections(text: str | None, n_sections: int, option: str = "--sections") -> tuple[int, ...] | None:
+def parse_sections(text: str | None, n_sections: int, option: str = "sections") -> tuple[int, ...] | None:
     """Parse ``"0,5,10"``, ``"0:30:5"``, ``"-3:"`` or ``"0,10:12"`` into indices within ``n_sections``.
 
+    ``option`` names the argument in error messages (the CLI shows its flag).
     Ranges follow Python slices (``A:B`` is A..B-1, an optional step, negative numbers
     count from the end). The order is kept and repeats are dropped; ``None`` or an empty
     text gives ``None`` (the caller's default).
@@ -29,7 +30,8 @@ def parse_sections(text: str | None, n_sections: int, option: str = "--sections"
                 ends = [v for v in parts[:2] if v is not None]
                 if any(not -n_sections <= v <= n_sections for v in ends):
                     raise OptionError(
-                        f"{option} {text!r}: range {item} reaches outside the volume's 0..{n_sections - 1}"
+                        f"{option} {text!r}: range {item} reaches outside the volume's 0..{n_sections - 1}",
+                        argument=option,
                     )
                 picked.extend(range(n_sections)[slice(*parts)])
                 continue
@@ -38,15 +40,18 @@ def parse_sections(text: str | None, n_sections: int, option: str = "--sections"
             raise
         except ValueError:
             raise OptionError(
-                f"{option} {text!r}: expected indices like 0,5,10 or a range like 0:30:5"
+                f"{option} {text!r}: expected indices like 0,5,10 or a range like 0:30:5",
+                argument=option,
             ) from None
         if not -n_sections <= index < n_sections:
             raise OptionError(
-                f"{option} {text!r}: section {index} is outside the volume's 0..{n_sections - 1}"
+                f"{option} {text!r}: section {index} is outside the volume's 0..{n_sections - 1}",
+                argument=option,
             )
         picked.append(index % n_sections)
     if not picked:
         raise OptionError(
-            f"{option} {text!r}: selects no section of the volume's {n_sections} (0..{n_sections - 1})"
+            f"{option} {text!r}: selects no section of the volume's {n_sections} (0..{n_sections - 1})",
+            argument=option,
         )
     return tuple(dict.fromkeys(picked))

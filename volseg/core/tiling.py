@@ -85,7 +85,7 @@ def check_size(size: int, divisor: int, name: str = "input", allow_zero: bool = 
         raise OptionError(f"{name} {size} is not a multiple of {divisor} (depth {depth}); use {choices}")
 
 
-def parse_roi(text: str) -> tuple[tuple[int | None, int | None], ...]:
+def parse_roi(text: str, name: str = "roi") -> tuple[tuple[int | None, int | None], ...]:
     """Parse ``"z0:z1,y0:y1,x0:x1"``; an empty bound means the volume's edge (``":"``, ``"5:"``).
 
     Negative bounds count from the far edge, as in Python slicing. The result still needs
@@ -94,7 +94,8 @@ def parse_roi(text: str) -> tuple[tuple[int | None, int | None], ...]:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 3 or any(p.count(":") != 1 for p in parts):
         raise OptionError(
-            f"--roi {text!r}: write three ranges z0:z1,y0:y1,x0:x1 (empty bounds mean the edge)"
+            f"{name} {text!r}: write three ranges z0:z1,y0:y1,x0:x1 (empty bounds mean the edge)",
+            argument=name,
         )
     spans = []
     for part in parts:
@@ -102,11 +103,13 @@ def parse_roi(text: str) -> tuple[tuple[int | None, int | None], ...]:
         try:
             spans.append((int(lo) if lo.strip() else None, int(hi) if hi.strip() else None))
         except ValueError:
-            raise OptionError(f"--roi {text!r}: bounds must be integers, e.g. 0:10,0:512,0:512") from None
+            raise OptionError(
+                f"{name} {text!r}: bounds must be integers, e.g. 0:10,0:512,0:512", argument=name
+            ) from None
     return tuple(spans)
 
 
-def resolve_roi(roi: Sequence[Sequence[int | None]] | None, shape: Sequence[int]) -> Roi:
+def resolve_roi(roi: Sequence[Sequence[int | None]] | None, shape: Sequence[int], name: str = "roi") -> Roi:
     """Clip nothing, check everything: turn a parsed ROI into ``((z0, z1), (y0, y1), (x0, x1))``.
 
     Raises :class:`OptionError` naming the axis when a range is empty or leaves the volume.
@@ -114,17 +117,18 @@ def resolve_roi(roi: Sequence[Sequence[int | None]] | None, shape: Sequence[int]
     if roi is None:
         return tuple((0, int(n)) for n in shape)  # type: ignore[return-value]
     if len(roi) != len(shape):
-        raise OptionError(f"--roi {roi}: needs {len(shape)} ranges (z, y, x)")
+        raise OptionError(f"{name} {roi}: needs {len(shape)} ranges (z, y, x)", argument=name)
     out = []
     for axis, (span, n) in enumerate(zip(roi, shape, strict=True)):
         lo, hi = span
         lo = 0 if lo is None else (lo + n if lo < 0 else lo)
         hi = n if hi is None else (hi + n if hi < 0 else hi)
-        name = "zyx"[axis]
+        ax = "zyx"[axis]
         if not 0 <= lo < hi <= n:
             raise OptionError(
-                f"--roi {name} range {span[0]}:{span[1]} is outside the volume or empty "
-                f"({name} size {n}); use a range within 0:{n}"
+                f"{name} {ax} range {span[0]}:{span[1]} is outside the volume or empty "
+                f"({ax} size {n}); use a range within 0:{n}",
+                argument=name,
             )
         out.append((int(lo), int(hi)))
     return tuple(out)  # type: ignore[return-value]

@@ -16,6 +16,7 @@ output, and the copy pipeline (reading, compression and fsync threads, heap trim
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import json
 import os
@@ -146,6 +147,7 @@ class ConvertResult:
 def convert(
     src: str | os.PathLike,
     out: str | os.PathLike,
+    options: ConvertOptions | None = None,
     *,
     chunks: Sequence[int] | None = None,
     codec: str = DEFAULT_CODEC,
@@ -168,6 +170,8 @@ def convert(
         of per-section TIFF / PNG files, or a glob pattern.
     out
         Output volume folder (``*.zarr``).
+    options
+        The settings below as one :class:`ConvertOptions` (then leave those keywords unset).
     chunks
         Chunk shape ``(Z, Y, X)``; default ``(1, 1024, 1024)`` clipped to the stack.
     codec
@@ -200,15 +204,14 @@ def convert(
         The complete volume (``.volume``: shape ``(Z, Y, X)``, the source's dtype) and its summary.
     """
     start = time.perf_counter()
-    opts = ConvertOptions.checked(
-        chunks=chunks,
-        codec=codec,
-        voxel_size=voxel_size,
-        unit=unit,
-        channel=channel,
-        order=order,
-        shards=shards,
-    )
+    given = {"chunks": chunks, "codec": codec, "voxel_size": voxel_size, "unit": unit}
+    given.update({"channel": channel, "order": order, "shards": shards})
+    if options is not None:
+        defaults = {f.name: f.default for f in dataclasses.fields(ConvertOptions)}
+        if any(given[k] != defaults[k] for k in given):
+            raise OptionError("convert: pass the settings as options or as keywords, not both")
+        given = dataclasses.asdict(options)
+    opts = ConvertOptions.checked(**given)
     out = _checked_paths(src, out, kind, overwrite, resume)
     with open_stack(src, channel=opts.channel, order=opts.order) as stack:
         vol = _output(src, out, stack, opts, kind, overwrite=overwrite, resume=resume)

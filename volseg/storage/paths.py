@@ -25,6 +25,7 @@ from pathlib import Path
 from volseg.errors import InputError, OutputError
 
 __all__ = [
+    "make_folder",
     "prepare_output",
     "local_path",
     "looks_like_url",
@@ -158,11 +159,18 @@ def prepare_output(path: Path, overwrite: bool) -> None:
     blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise OutputError(f"{path}: {blocker} is a file, not a folder; choose an output path in a folder")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"{path}: cannot create the output folder ({exc.strerror or exc}); choose a writable location"
-        ) from exc
+    make_folder(parent, path)
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{path}: folder {parent} is not writable; choose a writable location")
+
+
+def make_folder(folder: Path, what: Path | None = None) -> Path:
+    """Create ``folder`` (and its parents); a failure is one OutputError line naming ``what`` (the output)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{what or folder}: cannot create the output folder ({exc.strerror or exc}); "
+            "choose a writable location"
+        ) from exc
+    return folder

@@ -7,16 +7,8 @@ from typing import Annotated
 
 import typer
 
-try:  # newer typer carries its own copy of click
-    from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_errors
-try:
-    from typer.exceptions import Abort as ClickAbort
-except ImportError:  # pragma: no cover
-    ClickAbort = getattr(click_errors, "Abort", KeyboardInterrupt)
-
 from volseg.app.base import app, echo_json, friendly, parse_ints
+from volseg.app.progress import NoteLines
 from volseg.errors import OptionError
 
 
@@ -70,8 +62,7 @@ def demo_cmd(
         steps=steps if steps is not None else base.steps,
         minutes=minutes if not quick or minutes != 3.0 else base.minutes,
     )
-    say = (lambda line: None) if as_json else (lambda line: typer.echo(line, err=True))
-    result = demo(out, opts, overwrite=overwrite, progress=say)
+    result = demo(out, opts, overwrite=overwrite, progress=None if as_json else NoteLines(with_task=False))
     if as_json:
         echo_json(result.to_dict())
     else:

@@ -7,15 +7,6 @@ from typing import Annotated
 
 import typer
 
-try:  # newer typer carries its own copy of click
-    from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_errors
-try:
-    from typer.exceptions import Abort as ClickAbort
-except ImportError:  # pragma: no cover
-    ClickAbort = getattr(click_errors, "Abort", KeyboardInterrupt)
-
 from volseg.app.base import app, friendly
 from volseg.app.choices import ForegroundKind, InstanceMode
 

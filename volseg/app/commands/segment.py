@@ -7,17 +7,9 @@ from typing import Annotated
 
 import typer
 
-try:  # newer typer carries its own copy of click
-    from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_errors
-try:
-    from typer.exceptions import Abort as ClickAbort
-except ImportError:  # pragma: no cover
-    ClickAbort = getattr(click_errors, "Abort", KeyboardInterrupt)
-
 from volseg.app.base import app, echo_json, friendly, parse_ints
 from volseg.app.choices import InputKind, SeedKind, SegmentMethod, SegmentMode
+from volseg.app.progress import NoteLines
 
 
 @app.command("segment")
@@ -119,7 +111,6 @@ def segment_cmd(
     """
     import time
 
-    from volseg.core.progress import Update
     from volseg.stages.segment import SegmentOptions, segment
 
     opts = SegmentOptions(
@@ -138,10 +129,6 @@ def segment_cmd(
     )
     start = time.perf_counter()
 
-    def say(update: Update) -> None:  # each phase as one line on stderr, e.g. "segment: labelling ..."
-        if update.message is not None and not as_json:
-            typer.echo(update.describe(), err=True)
-
     summary = segment(
         prob,
         out,
@@ -152,7 +139,7 @@ def segment_cmd(
         resume=resume,
         scheduler=scheduler,
         workers=workers,
-        progress=say,
+        progress=None if as_json else NoteLines(),  # one line per phase: "segment: labelling ..."
     ).to_dict()
     summary["seconds"] = round(time.perf_counter() - start, 2)
     if as_json:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from volseg.core import tiling
@@ -130,27 +130,20 @@ def _block_shape(chunks: Sequence[int], cpb: Sequence[int], out_shape: Sequence[
     return tuple(min(c * k, s) for c, k, s in zip(chunks, cpb, out_shape, strict=True))  # type: ignore[return-value]
 
 
-@dataclass
-class Plan:
-    """A resolved run: what ``--dry-run`` prints and what :func:`volseg.stages.predict.predict` executes."""
+@dataclass(frozen=True)
+class Plan(Layout):
+    """A resolved run: what ``--dry-run`` prints and what :func:`volseg.stages.predict.predict` executes.
+
+    The :class:`Layout` it was made from, with the paths, the scheduler and the blocks still to run.
+    """
 
     model_path: str | None
     image: str
     out: str
     mask: str | None
     source_shape: Shape
-    roi: tiling.Roi
-    out_shape: Shape
-    chunks: Shape
-    chunks_per_block: Shape
-    tile: int
-    halo: int
-    edge: int
     divisor: int
     context: int
-    batch_size: int
-    precision: str
-    device: str
     dtype: str
     scheduler: str
     parallel: int
@@ -160,17 +153,12 @@ class Plan:
     blocks_done: int
     halo_overhead: float
     compute_overhead: float
-    memory_per_block: int
     memory_total: int
     identity: dict[str, Any]
     settings: dict[str, Any]
     pending: list[tiling.Block] = field(default_factory=list, repr=False)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def block_shape(self) -> Shape:
-        return _block_shape(self.chunks, self.chunks_per_block, self.out_shape)
 
     def describe(self) -> list[str]:
         """The plan in a few lines (``--dry-run``)."""
@@ -459,23 +447,14 @@ def make_plan(
         lay.edge,
     )
     return Plan(
+        **{f.name: getattr(lay, f.name) for f in fields(Layout)},
         model_path=info.path,
         image=str(paths["image"]),
         out=str(paths["out"]),
         mask=paths["mask"],
         source_shape=source_shape,
-        roi=lay.roi,
-        out_shape=lay.out_shape,
-        chunks=lay.chunks,
-        chunks_per_block=lay.chunks_per_block,
-        tile=lay.tile,
-        halo=lay.halo,
-        edge=lay.edge,
         divisor=info.divisor,
         context=info.context,
-        batch_size=lay.batch_size,
-        precision=lay.precision,
-        device=lay.device,
         dtype=options.dtype,
         scheduler=sched,
         parallel=max(1, parallel),
@@ -485,7 +464,6 @@ def make_plan(
         blocks_done=len(all_blocks) - len(pending),
         halo_overhead=tiling.halo_overhead(lay.tile, lay.halo),
         compute_overhead=overhead,
-        memory_per_block=lay.memory_per_block,
         memory_total=lay.memory_per_block * max(1, parallel) + BASE_MEMORY,
         identity=identity,
         settings=settings(options, lay),

@@ -34,6 +34,7 @@ module runs them in order (:func:`train`).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -138,6 +139,9 @@ class TrainResult:
 
 
 def train(
+    image: str | os.PathLike[str] | None = None,
+    labels: str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
     config: TrainConfig | None = None,
     *,
     progress: Progress | None = None,
@@ -148,6 +152,9 @@ def train(
 
     Parameters
     ----------
+    image, labels, output
+        The image and label volumes ``(Z, Y, X)`` and the model file to write (``MODEL.pt``); each
+        given here replaces the one in ``config``.
     config
         A :class:`TrainConfig`; keyword ``overrides`` replace its options: its field names, the
         U-Net's flat keys (``depth=3``), ``augment_prob``, and ``config_file`` for a TOML file.
@@ -170,12 +177,14 @@ def train(
 
     Examples
     --------
-    >>> volseg.train(image="image.zarr", labels="labels.zarr", output="model.pt",
+    >>> volseg.train("image.zarr", "labels.zarr", "model.pt",
     ...              foreground=(0,), val_slices="25:30", time_limit="20m")  # doctest: +SKIP
     """
     if isinstance(progress, bool):  # volseg 0.1's switch for a bar that stages no longer draw
         progress = None
     config_file = overrides.pop("config_file", None)
+    given = {"image": image, "labels": labels, "output": output}
+    overrides.update({k: os.fspath(v) for k, v in given.items() if v is not None})
     config = resolve_config(config, config_file, **overrides)
     paths = _check_outputs(config, config_file)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []

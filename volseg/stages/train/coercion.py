@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any, TypeVar, Union
 
-from volseg.errors import OptionError
+from volseg.errors import OptionError, VolsegError, renamed
 
 __all__ = ["build", "coerce", "field_types"]
 
@@ -126,7 +126,10 @@ def build(cls: type[T], value: object, label: str, *, member: Callable[[str], st
         return value
     preset: Callable[[str], T] | None = getattr(cls, "preset", None)
     if isinstance(value, str) and preset is not None:
-        return preset(value)
+        try:
+            return preset(value)
+        except VolsegError as exc:  # the config key's label, not the core argument's name
+            raise renamed(exc, label) from None
     if not isinstance(value, Mapping):
         what = "a preset name or a table" if preset is not None else "a table"
         raise OptionError(f"{label} {value!r}: expected {what} of {cls.__name__} fields")
