@@ -85,7 +85,7 @@ def test_toy_stack_recovers_known_cells():
 def test_synthetic_em_cells_are_recovered(tmp_path, seeds):
     import volseg
 
-    stack = volseg.synth(tmp_path, (2, 160, 160), seed=3)
+    stack = volseg.synth(tmp_path, shape=(2, 160, 160), seed=3)
     membrane = open_volume(stack.membranes).data.compute() == 0
     truth = np.stack(
         [ndi.label(~m, ndi.generate_binary_structure(2, 1))[0] + 1000 * z for z, m in enumerate(membrane)]

@@ -57,7 +57,7 @@ def test_same_seed_same_bytes_other_seed_differs(whole):
 
 @pytest.mark.parametrize(("chunks", "workers"), [((1, 64, 64), 1), ((3, 200, 100), 2)])
 def test_chunked_volume_equals_whole_generation(tmp_path, whole, chunks, workers):
-    result = synth(tmp_path / "s", SHAPE, seed=11, chunks=chunks, workers=workers)
+    result = synth(tmp_path / "s", shape=SHAPE, seed=11, chunks=chunks, workers=workers)
     assert result.shape == SHAPE
     for name, stored, ref in zip(("image", "cells", "membranes"), _read(tmp_path / "s"), whole, strict=True):
         assert np.array_equal(stored, ref), f"{name} differs with chunks {chunks}"
@@ -138,15 +138,15 @@ def test_bad_arguments_are_option_errors(tmp_path):
         synth_block((1, 10, 10), offset=(0, 5, 0), full_shape=(1, 10, 10))
     with pytest.raises(OptionError, match="cell_size"):
         synth_block((1, 10, 10), params=SynthParams(cell_size=3))
-    synth(tmp_path / "s", (1, 16, 16))
+    synth(tmp_path / "s", shape=(1, 16, 16))
     with pytest.raises(OutputError, match="--overwrite"):
-        synth(tmp_path / "s", (1, 16, 16))
-    synth(tmp_path / "s", (1, 16, 16), overwrite=True)
+        synth(tmp_path / "s", shape=(1, 16, 16))
+    synth(tmp_path / "s", shape=(1, 16, 16), overwrite=True)
 
 
 def test_result_progress_and_recorded_convention(tmp_path):
     updates = []
-    result = synth(tmp_path / "s", (2, 40, 30), seed=1, chunks=(1, 40, 16), progress=updates.append)
+    result = synth(tmp_path / "s", shape=(2, 40, 30), seed=1, chunks=(1, 40, 16), progress=updates.append)
     assert isinstance(result, SynthResult)
     data = result.to_dict()
     assert data == json.loads(json.dumps(data))  # plain JSON data

@@ -134,14 +134,14 @@ def _write(
 
 def synth(
     out: str | Path,
+    params: SynthParams | None = None,
+    *,
     shape: Sequence[int] = (30, 512, 512),
     seed: int = 0,
-    *,
     chunks: Sequence[int] | None = None,
     overwrite: bool = False,
     voxel_size: Sequence[float] = (50.0, 4.0, 4.0),
     codec: str = DEFAULT_CODEC,
-    params: SynthParams | None = None,
     workers: int = 1,
     progress: Progress | None = None,
 ) -> SynthResult:
@@ -151,6 +151,8 @@ def synth(
     ----------
     out
         Folder to write ``image.zarr``, ``cells.zarr`` and ``membranes.zarr`` into.
+    params
+        Appearance and dynamics (the stage's options); defaults mimic ISBI 2012.
     shape
         Volume size ``(Z, Y, X)`` in voxels.
     seed
@@ -164,8 +166,6 @@ def synth(
         Physical voxel size ``(z, y, x)`` in nanometres, recorded in the metadata.
     codec
         Compression (see :func:`volseg.storage.codecs.parse_codec`).
-    params
-        Appearance and dynamics; defaults mimic ISBI 2012.
     workers
         Threads generating and writing chunks at once (numpy, compression and I/O release
         the GIL); the bytes do not depend on it. Memory is about ``workers`` chunks.
