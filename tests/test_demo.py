@@ -36,10 +36,28 @@ def test_quick_demo_runs_the_whole_chain(tmp_path):
     membrane_fraction = 1 - open_volume(out / "labels.zarr").data.astype(bool).mean().compute()
     assert prob["pixel_error"] < 0.8 * membrane_fraction
     assert prob["dice"] > 0.5
+    # ...and the summary says so itself, against the same trivial answer
+    assert summary["learned"] is True
+    assert abs(summary["scores"]["trivial"]["pixel_error"] - _held_out_membrane(out)) < 1e-9
     assert summary["scores"]["cells"]["adapted_rand_error"] < 0.5
     with Image.open(summary["outputs"]["preview_prob"]) as im:
         assert im.size[0] > 100 and im.size[1] > 100
     assert json.loads((out / "summary.json").read_text())["outputs"]["model"].endswith("model.pt")
+
+
+def _held_out_membrane(out):
+    labels = open_volume(out / "labels.zarr").data[-1:].compute()  # --quick holds out the last section
+    return float((labels == 0).mean())
+
+
+def test_a_demo_that_did_not_learn_says_so_and_exits_1(tmp_path):
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--quick", "--steps", "1"])
+    assert result.exit_code == 1, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("volseg: demo: the model did not learn: held-out pixel error")
+    assert "trivial answer" in last and "--steps" in last
+    assert json.loads((out / "summary.json").read_text())["learned"] is False
 
 
 def test_demo_refuses_existing_folder(tmp_path):

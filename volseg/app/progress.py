@@ -11,7 +11,7 @@ from typing import Any
 
 from volseg.core.progress import Update
 
-__all__ = ["NoteLines", "TerminalProgress"]
+__all__ = ["LineProgress", "NoteLines", "TerminalProgress"]
 
 
 def _text(value: float | str) -> str:
@@ -98,3 +98,54 @@ class NoteLines:
             import typer
 
             typer.echo(update.describe() if self.with_task else update.message, err=True)
+
+
+class LineProgress:
+    """A :class:`~volseg.core.progress.Progress` that writes plain lines on stderr, terminal or not.
+
+    Messages are printed as they come. A counted task gets an estimate of its duration once it has
+    run ``warm`` seconds (``"train: about 0:02:10 for 800 steps, from the first 40"``), then a line at
+    most every ``every`` seconds with the count, the stage's numbers and the time left, and one when it
+    finishes: what a log file or a batch job's output needs.
+    """
+
+    def __init__(self, *, every: float = 5.0, warm: float = 3.0, with_task: bool = False) -> None:
+        self.every, self.warm, self.with_task = every, warm, with_task
+        self._start: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+        self._estimated: set[str] = set()
+
+    def _echo(self, text: str) -> None:
+        import typer
+
+        typer.echo(text, err=True)
+
+    def __call__(self, update: Update) -> None:
+        import time
+
+        from volseg.core.units import clock
+
+        now = time.perf_counter()
+        if update.message is not None:
+            self._echo(update.describe() if self.with_task else update.message)
+            return
+        start = self._start.setdefault(update.task, now)
+        elapsed, total, done = now - start, update.total, update.done
+        if update.finished:
+            if done:
+                self._echo(f"{update.task}: {done:g} {update.unit} in {clock(elapsed)}")
+            return
+        if not total or done <= 0:
+            return
+        left = (total - done) * elapsed / done
+        if update.task not in self._estimated and elapsed >= self.warm:
+            self._estimated.add(update.task)
+            self._last[update.task] = now
+            self._echo(
+                f"{update.task}: about {clock(elapsed + left)} for {total:g} {update.unit}, "
+                f"from the first {done:g}"
+            )
+        elif update.task in self._estimated and now - self._last[update.task] >= self.every:
+            self._last[update.task] = now
+            info = "".join(f", {k} {_text(v)}" for k, v in update.info.items())
+            self._echo(f"{update.task}: {done:g}/{total:g} {update.unit}{info}, {clock(left)} left")

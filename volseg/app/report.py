@@ -76,6 +76,19 @@ def print_info(data: dict[str, Any]) -> None:
     console.print(t)
 
 
+#: The demo's score rows, with the definition of each pixel error (docs/metrics.md).
+_DEMO_ROWS = (
+    ("pixel_error", "membrane pixel error (share misclassified at p >= 0.5)"),
+    ("pixel_error_isbi", "membrane pixel error, ISBI (1 - best F over thresholds)"),
+    ("dice", "membrane Dice (p >= 0.5)"),
+    ("v_rand", "V_rand (best threshold)"),
+    ("v_info", "V_info (best threshold)"),
+    ("cells:adapted_rand_error", "cells: adapted Rand error"),
+    ("cells:voi_split", "cells: VOI split"),
+    ("cells:voi_merge", "cells: VOI merge"),
+)
+
+
 def print_demo_summary(summary: dict[str, Any]) -> None:
     """Where each output is, the scores, and the time each stage took."""
     t = Table(title="volseg demo", show_header=True)
@@ -87,19 +100,29 @@ def print_demo_summary(summary: dict[str, Any]) -> None:
     console.print(t)
     scores = summary.get("scores", {})
     prob, cells = scores.get("probabilities", {}), scores.get("cells", {})
+    trivial = scores.get("trivial", {})
     s = Table(title=f"scores on held-out sections {scores.get('sections', '')}", show_header=True)
     s.add_column("what")
     s.add_column("value", justify="right")
-    for key in ("pixel_error", "dice", "v_rand", "v_info"):
-        if isinstance(prob.get(key), (int, float)):
-            s.add_row(f"membrane probabilities: {key}", f"{prob[key]:.4f}")
-    for key in ("adapted_rand_error", "voi_split", "voi_merge"):
-        if isinstance(cells.get(key), (int, float)):
-            s.add_row(f"cells: {key}", f"{cells[key]:.4f}")
+    s.add_column("trivial answer", justify="right")
+    for key, what in _DEMO_ROWS:
+        source = cells if key.startswith("cells:") else prob
+        value = source.get(key.removeprefix("cells:"))
+        if isinstance(value, (int, float)):
+            base = trivial.get(key)
+            s.add_row(what, f"{value:.4f}", f"{base:.4f}" if isinstance(base, (int, float)) else "")
     train = summary.get("train", {})
     if train:
-        s.add_row("training steps", str(train.get("steps")))
+        s.add_row("training steps", str(train.get("steps")), "")
     console.print(s)
+    if summary.get("learned") is not None:
+        from volseg.app.demo import LEARNED_MARGIN
+
+        verdict = "learned" if summary["learned"] else "did NOT learn"
+        console.print(
+            f"the model {verdict}: its pixel error must be at most {LEARNED_MARGIN:g} of the trivial "
+            "answer's (everything is cell) and its membrane Dice at least 0.5"
+        )
     o = Table(title="outputs", show_header=False, box=None)
     for name, path in summary["outputs"].items():
         o.add_row(name, path)

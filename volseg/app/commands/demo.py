@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from volseg.app.base import app, echo_json, friendly, parse_ints
-from volseg.app.progress import NoteLines
+from volseg.app.progress import LineProgress
 from volseg.errors import OptionError
 
 
@@ -26,8 +26,16 @@ def demo_cmd(
     ] = None,
     shape: Annotated[str, typer.Option(help="Synthetic stack size Z,Y,X.")] = "12,512,512",
     seed: Annotated[int, typer.Option(help="Seed of the synthetic stack and of training.")] = 0,
-    minutes: Annotated[float, typer.Option(help="Training budget in minutes (wall clock).")] = 3.0,
-    steps: Annotated[int | None, typer.Option(help="Cap on training steps (whichever ends first).")] = None,
+    steps: Annotated[
+        int,
+        typer.Option(help="Training steps (work, not time: the same model on any machine of a CPU class)."),
+    ] = 800,
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Optional wall-clock cap on training; with it the model depends on the machine's speed."
+        ),
+    ] = None,
     quick: Annotated[
         bool, typer.Option(help="A reduced run (tiny stack and model, under a minute).")
     ] = False,
@@ -39,7 +47,9 @@ def demo_cmd(
     synth, convert, train, predict, segment, evaluate and preview, with a summary of the outputs,
     the scores and the time each stage took.
 
-    Example: volseg demo --out demo-out --minutes 3
+    Exits 1, after the summary, when the model did not beat the trivial answer (everything is cell).
+
+    Example: volseg demo --out demo-out --steps 800
     """
     from volseg.app.demo import DemoOptions, demo
 
@@ -59,13 +69,22 @@ def demo_cmd(
         shape=zyx,
         seed=seed,
         data=pair,
-        steps=steps if steps is not None else base.steps,
-        minutes=minutes if not quick or minutes != 3.0 else base.minutes,
+        steps=steps if not quick or steps != 800 else base.steps,
+        minutes=minutes if minutes is not None else base.minutes,
     )
-    result = demo(out, opts, overwrite=overwrite, progress=None if as_json else NoteLines(with_task=False))
+    result = demo(out, opts, overwrite=overwrite, progress=None if as_json else LineProgress())
     if as_json:
         echo_json(result.to_dict())
     else:
         from volseg.app.report import print_demo_summary
 
         print_demo_summary(result.to_dict())
+    if result.learned is False:
+        prob, trivial = result.scores["probabilities"], result.scores["trivial"]
+        typer.echo(
+            f"volseg: demo: the model did not learn: held-out pixel error {prob['pixel_error']:.4f} "
+            f"against {trivial['pixel_error']:.4f} for the trivial answer (everything is cell); train longer "
+            "(--steps) or check the data",
+            err=True,
+        )
+        raise typer.Exit(1)
