@@ -33,8 +33,13 @@ def machine() -> dict:
     model = platform.processor()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    from volseg.core.resources import machine_summary
+
+    summary = machine_summary()
     info = {
         "cpu": model,
+        "cpu_class": summary["cpu_class"],  # every figure is tied to the CPU class it was measured on
+        "cpu_flags": summary["cpu_flags"],
         "cores": os.cpu_count(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "python": platform.python_version(),

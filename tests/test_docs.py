@@ -47,6 +47,7 @@ def test_relative_links_resolve(page):
 #: Keys of a volume's ``volseg`` attribute block, which the pages write as ``volseg.KEY`` too.
 METADATA_KEYS = {
     "kind",
+    "provenance",
     "status",
     "convention",
     "label_convention",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -272,9 +273,17 @@ def test_memory_limit_and_dry_run_plan(tmp_path, em):
         ],
     )
     assert res.exit_code == 0, res.output
-    for word in ("blocks", "halo", "overhead", "(T + 2h)^2 / T^2", "memory", "scheduler"):
+    for word in ("blocks", "halo", "overhead", "(T + 2h)^2 / T^2", "memory", "scheduler", "estimate"):
         assert word in res.stdout
     assert not (tmp_path / "p.zarr").exists()
+    # the estimate comes from a probe of the run's own model on its own windows (tile + 2 halo)
+    plan = predict(em["model"], em["image"], tmp_path / "p.zarr", tile=32, dry_run=True)
+    assert plan.probe["tile"] == plan.tile + 2 * plan.halo and plan.probe["batch"] == plan.batch_size
+    computed = math.prod(plan.out_shape) * plan.compute_overhead
+    assert plan.estimate_seconds == pytest.approx(
+        computed / (plan.probe["mvox_per_s"] * 1e6), rel=0.05, abs=0.1
+    )
+    assert plan.to_dict()["estimate_seconds"] == plan.estimate_seconds and not (tmp_path / "p.zarr").exists()
 
 
 # ----------------------------------------------------------- resume and refusals

@@ -30,7 +30,9 @@ from volseg.errors import OptionError, VolsegError, VolsegWarning, flag, renamed
 from volseg.version import __version__
 
 #: convert -> train -> predict -> segment -> evaluate -> preview; then the whole chain, its data, a look.
-COMMAND_ORDER = ("convert", "train", "predict", "segment", "evaluate", "preview", "demo", "synth", "info")
+COMMAND_ORDER = (
+    "convert", "train", "predict", "segment", "evaluate", "preview", "demo", "synth", "info", "doctor",
+)  # fmt: skip
 
 
 class _Group(TyperGroup):

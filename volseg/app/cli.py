@@ -13,6 +13,7 @@ from volseg.app.base import app
 from volseg.app.commands import (  # noqa: F401 (importing a command module registers its command)
     convert,
     demo,
+    doctor,
     evaluate,
     info,
     predict,

@@ -12,7 +12,25 @@ from typing import Any
 import numpy as np
 import zarr
 
+from volseg.core.resources import machine_summary
+
 __all__ = ["now", "provenance"]
+
+
+def _machine() -> dict[str, Any]:
+    """The machine summary (:func:`volseg.core.resources.machine_summary`), with torch's view where loaded.
+
+    torch is not imported for it: a stage that uses the network has loaded it already, and one that
+    does not (convert, synth) has no torch facts to record.
+    """
+    summary: dict[str, Any] = dict(machine_summary())
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        summary["torch"] = str(torch.__version__)
+        summary["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            summary["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return summary
 
 
 def _versions() -> dict[str, str]:
@@ -61,6 +79,7 @@ def provenance(
         "sources": records,
         "command": list(sys.argv if command is None else command),
         "versions": _versions(),
+        "machine": _machine(),
         "created": now(),
         "config": config or {},
     }

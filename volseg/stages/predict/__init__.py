@@ -249,7 +249,8 @@ def predict(
         :class:`PredictOptions`; keyword ``overrides`` replace single fields
         (``volseg.predict(m, img, out, tile=512, scheduler="processes")``).
     dry_run
-        Return the :class:`Plan` without writing anything.
+        Return the :class:`Plan` without writing anything, with a time estimate from a probe of about
+        a second (:mod:`volseg.stages.predict.estimate`).
     progress
         Where to report blocks done, Mvox/s and the plan's notes (:mod:`volseg.core.progress`) once
         the blocks start; ``None``: nothing is reported. The plan's warnings are issued as
@@ -271,7 +272,9 @@ def predict(
     options = replace(options or PredictOptions(), **overrides)
     plan, info, module, source = _plan(model, image, out, options)
     if dry_run:
-        return plan
+        from volseg.stages.predict.estimate import with_estimate
+
+        return with_estimate(plan, module) if plan.pending else plan
     for warning in plan.warnings:
         warnings.warn(warning, PredictWarning, stacklevel=2)
     if info.path is None and plan.scheduler not in ("threads", "synchronous"):

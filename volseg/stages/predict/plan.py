@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from volseg.core import tiling
 from volseg.core.resources import available_cores
-from volseg.core.units import human_bytes
+from volseg.core.units import clock, human_bytes
 from volseg.errors import OptionError
 from volseg.stages.predict.options import PredictOptions
 from volseg.storage.files import json_ready
@@ -159,6 +159,9 @@ class Plan(Layout):
     pending: list[tiling.Block] = field(default_factory=list, repr=False)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: Seconds the pending blocks' forward passes take here, from a short probe (``--dry-run``).
+    estimate_seconds: float | None = None
+    probe: dict[str, Any] | None = None
 
     def describe(self) -> list[str]:
         """The plan in a few lines (``--dry-run``)."""
@@ -182,8 +185,19 @@ class Plan(Layout):
             f"~{human_bytes(self.memory_total)} in all with {self.parallel} in flight",
             f"scheduler  {self.scheduler}, {self.parallel} parallel task(s) x "
             f"{self.torch_threads} torch thread(s)",
+            *self._estimate_lines(),
             *(f"note       {n}" for n in self.notes),
             *(f"warning    {w}" for w in self.warnings),
+        ]
+
+    def _estimate_lines(self) -> list[str]:
+        if self.estimate_seconds is None or self.probe is None:
+            return []
+        p = self.probe
+        return [
+            f"estimate   ~{clock(self.estimate_seconds)} of forward passes for {len(self.pending)} block(s) "
+            f"(probe: {p['mvox_per_s']:.2f} Mvox/s on {p['batch']} x {p['tile']}^2 windows, {p['precision']} "
+            f"on {p['device']}; reading and writing come on top)"
         ]
 
     def to_dict(self) -> dict[str, Any]:
