@@ -1389,6 +1389,7 @@ def base_commands(ws: Workspace, case: Case) -> dict[str, list[str]]:
     o = case.out
     return {
         "info": ["info", str(ws.image)],
+        "doctor": ["doctor", "--seconds", "0.1", "--device", "cpu"],
         "synth": ["synth", str(o / "s"), "--shape", "2,32,32", "--no-progress"],
         "convert": ["convert", str(ws.tiff), str(o / "v.zarr"), "--no-progress"],
         "train": _tiny_train(ws, case),
