@@ -91,6 +91,29 @@ def measure(trainer: Trainer, batches, steps: int, warmup: int) -> dict:
     }
 
 
+class Bare:
+    """The same model, batch and loss as ``trainer``'s step, forward + backward only: no data, no optimizer.
+
+    Issue 11 asks that a training step cost at most 1.15x this bare forward + backward.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer, self.config = trainer, trainer.config
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> float:
+        from volseg.nn.runtime import autocast_context
+
+        t = self.trainer
+        t.model.train()
+        x = batch["image"].to(t.device).contiguous(memory_format=torch.channels_last)
+        t.model.zero_grad(set_to_none=True)
+        with autocast_context(t.device, t.precision):
+            logits = t.model(x)
+        loss = t.loss(logits, batch["target"].to(t.device), batch.get("weight"))
+        loss.backward()
+        return float(loss.detach())
+
+
 def patch_cost(trainer: Trainer, n: int = 40) -> float:
     """Milliseconds to build one training patch (read, augment, normalise) in this process, one thread."""
     dataset = trainer.loader().dataset
@@ -121,7 +144,10 @@ def run(args: argparse.Namespace, scratch: Path) -> dict:
 
     memory = trainer(0)
     prepared = list(itertools.islice(memory.loader(), 4))
-    variants = {"in-memory tensors": (memory, lambda: cycle(prepared))}
+    variants = {
+        "in-memory tensors": (memory, lambda: cycle(prepared)),
+        "bare forward + backward": (Bare(memory), lambda: cycle(prepared)),
+    }
     for workers in args.workers:
         t = trainer(workers)
         variants[f"loader, {workers} workers"] = (t, lambda t=t: iter(t.loader()))
@@ -158,6 +184,7 @@ def markdown(res: dict) -> str:
     load = m["load_average_at_start"][0]
     busy = f" The machine was shared: load average {load} at the start." if load > 0.5 * m["cores"] else ""
     base = res["results"]["in-memory tensors"]["steps_per_s"]
+    bare = res["results"].get("bare forward + backward", {}).get("steps_per_s")
     net = res["model"]
     lines = [
         "## train",
@@ -166,7 +193,8 @@ def markdown(res: dict) -> str:
         f"depth {net['depth']}, batch {res['batch_size']} of {res['patch']} x {res['patch']} patches, "
         f"{res['precision']} on {res['device']}, `default` augmentation; {res['steps']} timed steps after "
         f"{res['warmup']} warm-up steps, the fastest of {res['rounds']} rounds over all variants. "
-        f"Machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']}, {m['torch_threads']} threads.{busy}",
+        f"Machine: {m['cores']} cores ({m['cpu']}, class {m.get('cpu_class', '?')}), torch {m['torch']}, "
+        f"{m['torch_threads']} threads.{busy}",
         "",
         "| fed from | steps/s | patches/s | data waiting (share of step) | wait (ms/step) | vs in-memory |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -181,7 +209,14 @@ def markdown(res: dict) -> str:
         "",
         f"One patch costs {res['patch_ms_one_thread']:.1f} ms to read, augment and normalise on one thread, "
         f"{res['batch_size'] * res['patch_ms_one_thread']:.0f} ms per batch, against "
-        f"{1000 / base:.0f} ms for the model's step. Data waiting is measured inside the loop "
+        f"{1000 / base:.0f} ms for the model's step"
+        + (
+            f"; a step from in-memory tensors costs {bare / base:.2f}x the bare forward + backward of the "
+            f"same batch ({1000 / bare:.0f} ms: the rest is zero_grad, the AdamW step and the lr update)"
+            if bare
+            else ""
+        )
+        + ". Data waiting is measured inside the loop "
         "(time in `next(batches)` over the whole step). With 0 workers the batch is built in the training "
         "process between steps; workers build it while the model trains, but on a 2-core machine they take "
         "their CPU time from the training threads. Raw figures: `benchmarks/results/train.json`.",
