@@ -125,6 +125,7 @@ def test_cli_choices_are_the_api_choices() -> None:
     from volseg.app import choices
     from volseg.core.augment import PRESETS
     from volseg.core.segmentation import METHODS, MODES, SEEDS
+    from volseg.nn.backends import BACKENDS
     from volseg.nn.runtime import PRECISIONS
     from volseg.nn.unet import NORMS, UPSAMPLES
     from volseg.stages.evaluate.options import INSTANCE_MODES
@@ -150,6 +151,7 @@ def test_cli_choices_are_the_api_choices() -> None:
         choices.PreviewStyle: STYLES,
         choices.OutDtype: DTYPES,
         choices.VolumeKind: KINDS,
+        choices.Backend: BACKENDS,
     }
     enums = {v for v in vars(choices).values() if isinstance(v, type) and issubclass(v, enum.Enum)}
     assert enums - {enum.Enum} == set(pairs), "a CLI enum without its API tuple in this test"

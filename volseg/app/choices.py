@@ -89,3 +89,9 @@ class VolumeKind(str, enum.Enum):
     label = "label"
     mask = "mask"
     probability = "probability"
+
+
+class Backend(str, enum.Enum):
+    torch = "torch"
+    openvino = "openvino"
+    onnxruntime = "onnxruntime"

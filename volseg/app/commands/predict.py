@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from volseg.app.base import app, echo_json, friendly, parse_ints, warnings_as_lines
-from volseg.app.choices import OutDtype, Precision
+from volseg.app.choices import Backend, OutDtype, Precision
 from volseg.errors import OptionError
 
 
@@ -84,6 +84,13 @@ def predict_cmd(
             "an image of another dtype or brightness than the model was trained on (otherwise refused).",
         ),
     ] = False,
+    backend: Annotated[
+        Backend,
+        typer.Option(
+            help="Runtime of the forward pass on the CPU: torch, or openvino / onnxruntime (optional extras, "
+            "pip install 'volseg[openvino]'; faster on CPUs without native bf16, see docs/tuning.md)."
+        ),
+    ] = Backend.torch,
     chunks: Annotated[str | None, typer.Option(help="Output chunks Z,Y,X; default: the input's.")] = None,
     block: Annotated[
         str | None,
@@ -143,6 +150,7 @@ def predict_cmd(
         roi=roi,
         tta=tta,
         rescale=rescale,
+        backend=backend.value,
         chunks=parse_ints(chunks, "--chunks"),
         block=parse_ints(block, "--block"),
         memory_limit=_bytes_option(memory_limit, "--memory-limit"),

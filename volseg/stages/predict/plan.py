@@ -103,6 +103,7 @@ class Job:
     torch_threads: int | dict[str, int] | None = None
     attempts: int = 1
     catch: bool = True
+    backend: str = "torch"
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ __all__ = [
 
 # ------------------------------------------------------------------------------ model
 #: Models prepared in this process, by (checksum, device); device None: as the caller loaded it.
-_MODELS: dict[tuple[str, str | None], nn.Module] = {}
+_MODELS: dict[tuple[str, ...] | tuple[str, None], nn.Module] = {}  # (key, device[, backend]) -> model
 _MODELS_LOCK = threading.Lock()
 
 
@@ -134,7 +134,7 @@ def _worker_model(job: Job) -> tuple[nn.Module, InferOptions]:
     with _MODELS_LOCK:
         if threads and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        key = (job.model_key, device)
+        key = (job.model_key, device, job.backend)  # a torch model and its exported twin are two entries
         model = _MODELS.get(key)
         if model is None:
             model = _MODELS.get((job.model_key, None))  # registered by predict() in this process
@@ -146,7 +146,12 @@ def _worker_model(job: Job) -> tuple[nn.Module, InferOptions]:
                 model = copy.deepcopy(model)  # already prepared for another device (GPU)
             # Converted once, under the lock: infer_padded's own conversion is then a no-op, so
             # no thread swaps the weights while another one runs a forward pass.
-            model = _MODELS[key] = prepare_for_inference(model, device)
+            model = prepare_for_inference(model, device)
+            if job.backend != "torch":  # exported once per process: OpenVINO / ONNX Runtime on the CPU
+                from volseg.nn.backends import wrap
+
+                model = wrap(model, job.backend, threads or None)
+            _MODELS[key] = model
         return model, infer
 
 
