@@ -46,7 +46,8 @@ def test_unknown_missing_or_gpu_backends_are_refused(monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a)
     )
-    with pytest.raises(OptionError, match=r"openvino is not installed; pip install 'volseg\[openvino\]'"):
+    missing = r"openvino( and onnx are| is) not installed; pip install 'volseg\[openvino\]'"
+    with pytest.raises(OptionError, match=missing):
         PredictOptions(backend="openvino")
     monkeypatch.setattr(importlib.util, "find_spec", real)
     if "onnxruntime" in INSTALLED:

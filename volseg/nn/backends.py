@@ -40,7 +40,8 @@ def check_backend(backend: str, device: str = "cpu") -> str:
     missing = [p for p in _PACKAGES[backend] if importlib.util.find_spec(p) is None]
     if missing:
         raise OptionError(
-            f"--backend {backend}: {', '.join(missing)} is not installed; "
+            f"--backend {backend}: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+            "installed; "
             f"pip install 'volseg[{backend}]', or use --backend torch"
         )
     if str(device).split(":")[0] not in ("cpu", "auto"):
