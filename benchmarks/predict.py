@@ -25,6 +25,20 @@ not depend on them):
     each (threads scheduler), and a LocalCluster of 2 worker processes (full run only).
 
 ``--explore`` first measures end-to-end throughput for a few tiles and batch sizes on 4 sections.
+
+``--large`` measures realistic sections instead (issue 11, item 5), side by side in one run:
+
+(f) the ceiling: the best raw forward of the same model over tiles (512, 1024, 2048), thread layouts (one
+    forward on all cores, or one per core at once) and every runtime installed (torch, OpenVINO, ONNX
+    Runtime), on windows of tile + 2 x halo (:func:`volseg.nn.speeds.probe`, what predict's choice uses),
+    measured before and after the end-to-end runs; the lower of the two per candidate is kept;
+(g) end to end with the defaults on ``--large-shape`` (8 x 4096 x 4096): predict picks tile, runtime and
+    layout from (f)'s speeds (cached in a folder of the run's own, as ``volseg doctor --tune`` would), in a
+    child process for its peak RSS; against the ceiling, and against the static default (torch, tile 1024,
+    two forwards at once: what predict does without measured speeds);
+(h) memory: the defaults on ``--memory-shape`` (2 x 8192 x 8192): peak RSS against the plan's stated
+    memory, and the rate.
+Writes ``benchmarks/results/predict-large.json`` and the ``## predict at 4096^2 and 8192^2`` section.
 Writes ``benchmarks/results/predict.json`` and the ``## predict`` section of ``docs/benchmarks.md``
 (``--quick``: a small volume, results to ``predict-quick.json``, docs untouched).
 """
@@ -45,7 +59,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _doc import run_measured, write_doc_section  # noqa: E402
+from _doc import machine, run_measured, write_doc_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -333,7 +347,14 @@ def main() -> None:
     ap.add_argument("--tmp", default=None, help="folder for the volumes (default: a temporary folder)")
     ap.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
     ap.add_argument("--json", default=None, help="results file (default benchmarks/results/predict.json)")
+    ap.add_argument("--large", action="store_true", help="the 4096^2 and 8192^2 cases (f)-(h) instead")
+    ap.add_argument("--large-shape", default="8,4096,4096")
+    ap.add_argument("--memory-shape", default="2,8192,8192")
+    ap.add_argument("--probe-seconds", type=float, default=3.0)
     args = ap.parse_args()
+    if args.large:
+        large(args)
+        return
     shape = tuple(int(v) for v in args.shape.split(","))
     if args.quick:
         shape = (4, 512, 512)
@@ -402,6 +423,133 @@ def main() -> None:
     if not args.quick and not args.no_doc:
         write_doc_section(section, "predict")
     print(f"wrote {target}")
+
+
+# ------------------------------------------------------------------ realistic sections
+def ceiling(model_file: Path, seconds: float) -> dict[str, float]:
+    """(f) computed Mvox/s of every candidate predict may choose here (volseg.nn.speeds.probe)."""
+    from volseg.nn import speeds as sp
+    from volseg.nn.modelfile import load_model
+    from volseg.nn.runtime import resolve_precision
+
+    net = load_model(model_file)
+    precision = resolve_precision("cpu", "auto")
+    backends = [b for b in sp.installed_backends() if b == "torch" or precision == "fp32"]
+    found = sp.probe(net, sp.candidates(backends), int(net.halo), precision, seconds)
+    return {c.label: round(v, 4) for c, v in found.items()}
+
+
+def predict_child(model: Path, image: Path, out: Path, **options: Any) -> dict[str, Any]:
+    shutil.rmtree(out, ignore_errors=True)
+    child = run_child({"model": str(model), "image": str(image), "out": str(out), **options})
+    plan = child.pop("plan")
+    keys = ("tile", "backend", "streams", "serial", "parallel", "torch_threads", "compute_overhead")
+    return {
+        **child,
+        **{k: plan[k] for k in keys},
+        "memory_total_mb": plan["memory_total"] / 2**20,
+        "block": plan["block_shape"],
+        "choice": plan["choice"],
+    }
+
+
+def large(args: argparse.Namespace) -> None:
+    from volseg.nn import speeds as sp
+    from volseg.nn.modelfile import load_model
+    from volseg.nn.runtime import resolve_precision
+
+    shape = tuple(int(v) for v in args.large_shape.split(","))
+    mshape = tuple(int(v) for v in args.memory_shape.split(","))
+    work = Path(tempfile.mkdtemp(prefix="volseg-bench-large-", dir=args.tmp))
+    os.environ["VOLSEG_CACHE_DIR"] = str(work / "cache")  # the children read the speeds measured here
+    r: dict[str, Any] = {"shape": list(shape), "memory_shape": list(mshape)}
+    try:
+        print(f"volumes {shape} and {mshape} ...", flush=True)
+        image = make_volume(work / "img.zarr", shape)
+        big = make_volume(work / "big.zarr", mshape, seed=1)
+        model = make_model(work / "model.pt")
+        print("(f) ceiling, before ...", flush=True)
+        before = ceiling(model, args.probe_seconds)
+        print(json.dumps(before), flush=True)
+        net = load_model(model)
+        r["machine"] = machine()  # with torch's version, now imported
+        key = sp.speed_key(net.config.to_dict(), resolve_precision("cpu", "auto"))
+        sp.store_speeds(key, {sp.Candidate.parse(k): v for k, v in before.items()})
+        print("(g) end to end, defaults (choice from the speeds) ...", flush=True)
+        r["auto"] = predict_child(model, image, work / "auto.zarr")
+        print(json.dumps({k: v for k, v in r["auto"].items() if k != "choice"}), flush=True)
+        print("(g) end to end, static default (torch, tile 1024, 2 forwards at once) ...", flush=True)
+        r["static"] = predict_child(model, image, work / "static.zarr", backend="torch", tile=1024)
+        print(f"    {r['static']['mvox_per_s']:.3f} Mvox/s", flush=True)
+        print("(h) memory, defaults ...", flush=True)
+        r["memory"] = predict_child(model, big, work / "big-out.zarr")
+        print(json.dumps({k: v for k, v in r["memory"].items() if k != "choice"}), flush=True)
+        print("(f) ceiling, after ...", flush=True)
+        after = ceiling(model, args.probe_seconds)
+        r["ceiling_rounds"] = {"before": before, "after": after}
+        r["ceiling_speeds"] = {k: min(before[k], after[k]) for k in before}
+        best = max(r["ceiling_speeds"], key=r["ceiling_speeds"].get)
+        r["ceiling"] = {"candidate": best, "mvox_per_s": r["ceiling_speeds"][best]}
+        speeds = r["ceiling_speeds"]
+        torch_best = max((k for k in speeds if k.startswith("torch/")), key=speeds.get)
+        r["ceiling_torch"] = {"candidate": torch_best, "mvox_per_s": r["ceiling_speeds"][torch_best]}
+        for name in ("auto", "static", "memory"):
+            r[name]["of_ceiling"] = r[name]["mvox_per_s"] / r["ceiling"]["mvox_per_s"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    target = Path(args.json) if args.json else RESULTS / "predict-large.json"
+    target.write_text(json.dumps(r, indent=2) + "\n")
+    section = large_section(r)
+    print(section)
+    if not args.no_doc:
+        write_doc_section(section, "predict at 4096^2 and 8192^2")
+    print(f"wrote {target}")
+
+
+def large_section(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    zyx = lambda v: " x ".join(map(str, v))  # noqa: E731
+    a, s, mem, c = r["auto"], r["static"], r["memory"], r["ceiling"]
+    rounds = r["ceiling_rounds"]
+    lines = [
+        "## predict at 4096^2 and 8192^2",
+        "",
+        f"`python benchmarks/predict.py --large` (machine: {m['cpu']}, class {m['cpu_class']}, {m['cores']} "
+        f"cores, torch {m['torch']}). Default model (base 16, depth 4, halo 96), synthetic uint8 volumes "
+        "(chunks 1 x 1024 x 1024). The ceiling is the best raw forward of the model over tiles, thread "
+        "layouts and installed runtimes, on windows of tile + 2 x halo, measured before and after the "
+        "end-to-end runs (the lower of the two kept per candidate); the end-to-end runs are child processes "
+        "with the defaults, after the speeds were cached (as `volseg doctor --tune` does).",
+        "",
+        "| candidate (backend/tile/forwards at once) | computed Mvox/s (before, after) |",
+        "| --- | --- |",
+    ]
+    for k, v in sorted(r["ceiling_speeds"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {k} | {v:.2f} ({rounds['before'][k]:.2f}, {rounds['after'][k]:.2f}) |")
+    lines += [
+        "",
+        "| run | volume | picked | computed / output px | Mvox/s | of ceiling | peak RSS MiB | stated MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, res, shape in (
+        ("defaults", a, r["shape"]),
+        ("torch, tile 1024 (no speeds)", s, r["shape"]),
+        ("defaults, memory case", mem, r["memory_shape"]),
+    ):
+        picked = f"{res['backend']}/{res['tile']}/{res['streams']}"
+        lines.append(
+            f"| {name} | {zyx(shape)} | {picked} | {res['compute_overhead']:.3f} | {res['mvox_per_s']:.2f} | "
+            f"{res['of_ceiling']:.2f} | {res['peak_rss_mb']:.0f} | {res['memory_total_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Ceiling: {c['candidate']} at {c['mvox_per_s']:.2f} Mvox/s (torch's best: "
+        f"{r['ceiling_torch']['candidate']} at {r['ceiling_torch']['mvox_per_s']:.2f}). Targets (issue 11): "
+        "end to end >= 0.85 of the ceiling on 4096^2 sections and, on AVX2, >= 1.2 Mvox/s on 2 cores; peak "
+        "RSS within the stated memory.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def open_volume_shape(path: Path) -> tuple[int, ...]:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Speeds measured on the developer's machine (~/.cache/volseg) would change the plans tests see: every test
+# (and every CLI it starts) gets an empty cache of its own.
+os.environ["VOLSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="volseg-test-cache-")
 
 # The ISBI 2012 stacks sit beside the checkout (../shared/data/isbi2012); they are never copied into the repo.
 ISBI_DIR = Path(__file__).resolve().parents[2] / "shared/data/isbi2012"

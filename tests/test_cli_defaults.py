@@ -127,6 +127,7 @@ def test_cli_choices_are_the_api_choices() -> None:
     from volseg.core.segmentation import METHODS, MODES, SEEDS
     from volseg.nn.backends import BACKENDS
     from volseg.nn.runtime import PRECISIONS
+    from volseg.nn.speeds import BACKEND_CHOICES
     from volseg.nn.unet import NORMS, UPSAMPLES
     from volseg.stages.evaluate.options import INSTANCE_MODES
     from volseg.stages.predict.options import DTYPES
@@ -151,9 +152,10 @@ def test_cli_choices_are_the_api_choices() -> None:
         choices.PreviewStyle: STYLES,
         choices.OutDtype: DTYPES,
         choices.VolumeKind: KINDS,
-        choices.Backend: BACKENDS,
+        choices.Backend: BACKEND_CHOICES,
     }
     enums = {v for v in vars(choices).values() if isinstance(v, type) and issubclass(v, enum.Enum)}
     assert enums - {enum.Enum} == set(pairs), "a CLI enum without its API tuple in this test"
+    assert ("auto", *BACKENDS) == BACKEND_CHOICES
     for cli_enum, api in pairs.items():
         assert sorted(e.value for e in cli_enum) == sorted(api), cli_enum.__name__

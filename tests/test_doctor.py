@@ -57,3 +57,27 @@ def test_every_volume_records_the_machine_it_was_made_on(tmp_path):
     recorded = vol.provenance["machine"]
     summary = machine_summary()
     assert {k: recorded[k] for k in summary} == json.loads(json.dumps(summary))
+
+
+def test_doctor_tune_measures_predicts_candidates_and_caches_them(tmp_path, monkeypatch):
+    from predict_support import unet_file
+
+    from volseg.nn import speeds as sp
+
+    monkeypatch.setenv("VOLSEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sp, "TILES", (64, 128))
+    model = unet_file(tmp_path / "m.pt", base=4, depth=3)
+    result = cli("doctor", "--tune", "--json", "--seconds", "0.1", "--model", str(model))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    wanted = {c.label for c in sp.candidates(sp.installed_backends(), (64, 128))}
+    assert set(report["speeds"]) == wanted and all(v > 0 for v in report["speeds"].values())
+    cached = sp.cached_speeds(report["key"])
+    assert {c.label for c in cached} == wanted  # what predict reads for this model on this machine
+    choice = report["on_4096_sections"]
+    backend = choice["chosen"].split("/")[0]
+    rows = [r for r in choice["candidates"] if "rate" in r and r["candidate"].startswith(backend + "/")]
+    same = [r["rate"] for r in rows]
+    assert choice["chosen"] in wanted and choice["rate"] == max(same)  # the best of its backend
+    table = cli("doctor", "--tune", "--seconds", "0.1", "--model", str(model))
+    assert table.exit_code == 0 and "predict picks" in table.stdout

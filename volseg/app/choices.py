@@ -92,6 +92,7 @@ class VolumeKind(str, enum.Enum):
 
 
 class Backend(str, enum.Enum):
+    auto = "auto"
     torch = "torch"
     openvino = "openvino"
     onnxruntime = "onnxruntime"

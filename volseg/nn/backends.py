@@ -25,10 +25,15 @@ from torch import nn
 
 from volseg.errors import OptionError
 
-__all__ = ["BACKENDS", "ExportedModel", "check_backend", "wrap"]
+__all__ = ["BACKENDS", "ExportedModel", "check_backend", "installed", "wrap"]
 
 BACKENDS = ("torch", "openvino", "onnxruntime")
 _PACKAGES = {"openvino": ("openvino", "onnx"), "onnxruntime": ("onnxruntime", "onnx")}
+
+
+def installed(backend: str) -> bool:
+    """Whether ``backend`` can run here: torch always, the others when their packages are installed."""
+    return backend == "torch" or all(importlib.util.find_spec(p) is not None for p in _PACKAGES[backend])
 
 
 def check_backend(backend: str, device: str = "cpu") -> str:
@@ -63,6 +68,12 @@ def _onnx_bytes(net: nn.Module) -> bytes:
             dynamic_axes={"x": axes, "y": axes},
         )  # fmt: skip
     return buf.getvalue()
+
+
+def _plain(net: nn.Module) -> nn.Module:
+    """A CPU copy of ``net`` in the default memory format: exported from channels_last weights, the graph
+    ran OpenVINO at less than half the speed (6.3 against 2.8 s for a 2144^2 window, 2-core AVX2)."""
+    return copy.deepcopy(net).cpu().to(memory_format=torch.contiguous_format)
 
 
 def _runner(backend: str, onnx: bytes, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
@@ -100,7 +111,7 @@ class ExportedModel(nn.Module):
         super().__init__()
         self.net = net.eval()
         self.backend = backend
-        self._run = _runner(backend, _onnx_bytes(copy.deepcopy(net).cpu()), threads)
+        self._run = _runner(backend, _onnx_bytes(_plain(net)), threads)
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -32,12 +32,20 @@ blocks gives :func:`infer_padded` the same pixels and the ``margins`` it holds.
 Normalisation: pass the raw values and ``normalization`` (the model file's dict); each window
 is cast to float32 and normalised as it is batched, so no float copy of the whole block is made.
 Pass ``normalization=None`` when the input is already normalised.
+
+On a CUDA device the batches take another route (:func:`_run_batches_cuda`), with the same windows,
+batches and output: each batch's windows are built in the block's own dtype (uint8 moves a quarter of
+the bytes of float32 over PCIe) in pinned host memory, uploaded asynchronously, and converted and
+normalised on the GPU by the same float32 operations in the same order, so that the network sees the
+same values; while the GPU runs one batch, the host builds and uploads the next one and stores the one
+before, whose probabilities come back asynchronously into pinned memory. No speed of this path has
+been measured here (the development machine has no GPU).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,6 +238,11 @@ def infer_padded(
     np.ndarray
         float32 ``(Z, Y, X)`` for a one-channel model (the positive-class probability with the
         default activation), or ``(N, Z, Y, X)`` for N >= 2 channels (class probabilities).
+
+    On a CUDA device the same batches run through :func:`_run_batches_cuda`: windows uploaded in
+    ``padded``'s own dtype from pinned memory and normalised on the GPU, the host building batch
+    ``i + 1`` and storing batch ``i - 1`` while the GPU computes batch ``i``; the network sees the same
+    float32 windows. Other devices (CPU, MPS) run the plain loop.
     """
     context, divisor = int(model.config.context), int(model.divisor)
     margins = ((halo, halo), (halo, halo)) if margins is None else margins
@@ -249,12 +262,18 @@ def infer_padded(
     tiles = _tiles(shape, options.tile, divisor, halo, margins, padded.shape[1:])
     try:
         with torch.inference_mode(), autocast_context(device, options.precision):
-            for batch in _batches(tiles, options.batch_size):
-                windows = _windows(padded, batch, context, divisor, norm)
-                x = torch.from_numpy(windows).to(device).contiguous(memory_format=torch.channels_last)
-                probs = _forward(model, x, batch[0], activation, options.tta)
-                for t, p in zip(batch, probs.cpu().numpy(), strict=True):
-                    out[:, t.z, t.y0 : t.y0 + t.ny, t.x0 : t.x0 + t.nx] = p
+            if device.type == "cuda":  # raw uploads from pinned memory, host work overlapped with the GPU's
+                batches = _batches(tiles, options.batch_size)
+                _run_batches_cuda(
+                    model, padded, batches, context, divisor, norm, activation, options.tta, out, device
+                )
+            else:
+                for batch in _batches(tiles, options.batch_size):
+                    windows = _windows(padded, batch, context, divisor, norm)
+                    x = torch.from_numpy(windows).to(device).contiguous(memory_format=torch.channels_last)
+                    probs = _forward(model, x, batch[0], activation, options.tta)
+                    for t, p in zip(batch, probs.cpu().numpy(), strict=True):
+                        out[:, t.z, t.y0 : t.y0 + t.ny, t.x0 : t.x0 + t.nx] = p
     finally:
         if was_training:
             model.train()
@@ -373,6 +392,206 @@ def _windows(
         windows -= np.float32(norm["mean"])
         windows /= np.float32(norm["std"])
     return windows
+
+
+# ------------------------------------------------------------------ the CUDA path
+#: The host dtypes uploaded as they are (native byte order) and converted to float32 on the GPU, each with
+#: the torch dtype of its host buffer: uint16 travels as the bits of an int16 (torch's uint16 has few CUDA
+#: kernels) and is widened on the GPU (:func:`_model_input`). A block of any other dtype (float64, int64,
+#: uint32, bool, big-endian, ...) is cast to float32 on the host, as :func:`_windows` casts it.
+_HOST_TORCH = {
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "uint16": torch.int16,
+    "int32": torch.int32,
+    "float16": torch.float16,
+    "float32": torch.float32,
+}
+_UPLOAD_DTYPES = tuple(np.dtype(name) for name in _HOST_TORCH)
+
+
+def _upload_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype the windows of a block of ``dtype`` are built in on the host for the GPU."""
+    native = np.dtype(dtype).newbyteorder("=")
+    return native if native in _UPLOAD_DTYPES else np.dtype(np.float32)
+
+
+def _window_shape(batch: list[Tile], context: int, divisor: int) -> tuple[int, int, int, int]:
+    """``(B, 2c+1, H, W)`` of a batch's input windows (the window rounded up to the divisor)."""
+    t = batch[0]
+    return len(batch), 2 * context + 1, round_up(t.wy, divisor), round_up(t.wx, divisor)
+
+
+def _raw_windows(
+    padded: np.ndarray, batch: list[Tile], context: int, divisor: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The input windows of a batch (:func:`_windows`'s pixels), not normalised, in ``out``'s dtype.
+
+    ``out``: ``(B, 2c+1, H, W)`` (:func:`_window_shape`), e.g. a view of a pinned host buffer; ``None``
+    allocates one in :func:`_upload_dtype` of ``padded``. A window that is not a multiple of the divisor
+    is completed by :data:`PAD_MODE` mirroring of its own end, as in :func:`_windows` (padding copies
+    values, so doing it before or after the cast to float32 gives the same pixels).
+    """
+    shape = _window_shape(batch, context, divisor)
+    if out is None:
+        out = np.empty(shape, _upload_dtype(padded.dtype))
+    if out.shape != shape:
+        raise ValueError(f"window buffer of shape {out.shape} for windows of shape {shape}")
+    wy, wx = batch[0].wy, batch[0].wx
+    pad = ((0, 0), (0, shape[2] - wy), (0, shape[3] - wx))
+    for window, t in zip(out, batch, strict=True):
+        data = padded[t.z : t.z + 2 * context + 1, t.wy0 : t.wy0 + wy, t.wx0 : t.wx0 + wx]
+        window[:] = np.pad(data, pad, mode=PAD_MODE) if pad[1][1] or pad[2][1] else data
+    return out
+
+
+def _host_buffer(shape: tuple[int, ...], dtype: np.dtype, pin: bool) -> tuple[torch.Tensor, np.ndarray]:
+    """A host tensor for ``shape`` values of numpy ``dtype`` (pinned with ``pin``) and its numpy view.
+
+    ``dtype`` is a key of :data:`_HOST_TORCH`, which gives the tensor's dtype (of the same bits).
+    """
+    dtype = np.dtype(dtype)
+    tensor = torch.empty(shape, dtype=_HOST_TORCH[dtype.name], pin_memory=pin)
+    return tensor, tensor.numpy().view(dtype)
+
+
+def _norm_scalars(norm: dict[str, Any] | None, device: torch.device) -> tuple[torch.Tensor, ...] | None:
+    """``(mean, std)`` as float32 0-d tensors on ``device`` (made by a fill there: no host copy, no sync).
+
+    Dividing by a tensor on the device, not by a Python number, keeps CUDA's division a true division:
+    with a host scalar torch multiplies by its reciprocal, which can differ from ``x / std`` in the last bit.
+    """
+    if norm is None:
+        return None
+    return tuple(torch.full((), float(norm[k]), dtype=torch.float32, device=device) for k in ("mean", "std"))
+
+
+def _model_input(x: torch.Tensor, dtype: np.dtype, scalars: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+    """Uploaded raw windows (numpy ``dtype``'s values in ``x``) -> the float32 channels_last network input.
+
+    ``(float32(x) - mean) / std`` in float32, subtract then divide, as :func:`_windows` computes it on
+    the host; the conversions are exact or round to nearest like numpy's, and the subtraction and the
+    true division (:func:`_norm_scalars`) are IEEE float32 operations, so the values are :func:`_windows`'
+    bit for bit (tested on CPU; on CUDA by the ``gpu`` tests). ``x`` itself is not modified.
+    """
+    if np.dtype(dtype) == np.uint16:  # the bits of an int16 (see _HOST_TORCH): widen and mask
+        x = x.to(torch.int32).bitwise_and_(0xFFFF)
+    x = x.to(dtype=torch.float32, memory_format=torch.channels_last)
+    if scalars is None:
+        return x
+    mean, std = scalars
+    return torch.sub(x, mean).div_(std)  # out of place first: x may be the caller's (host) buffer
+
+
+class _HostBuffers:
+    """Reusable host buffers (pinned with ``pin``) of one shape and dtype at a time, ``depth`` in turn.
+
+    :meth:`take` hands out a free buffer of the shape and dtype, first waiting for the asynchronous copy
+    that used it last (its event), once ``depth`` of them exist; otherwise (fewer, or none free) it
+    allocates one. :meth:`give` puts one back with the event of the copy still reading or filling it
+    (``None``: nothing pending). Asking for another shape or dtype drops the free buffers of the others
+    (batches come grouped by geometry, so a geometry does not come back): what stays pinned is a few
+    buffers of the current batch, and torch's pinned-memory cache keeps the dropped ones for reuse.
+    """
+
+    def __init__(self, pin: bool, depth: int = 2) -> None:
+        self.pin, self.depth = pin, depth
+        self._free: dict[tuple[Any, ...], deque[tuple[torch.Tensor, np.ndarray, Any]]] = defaultdict(deque)
+        self._count: dict[tuple[Any, ...], int] = defaultdict(int)
+        self.allocated = 0  # buffers allocated so far (for tests)
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[torch.Tensor, np.ndarray]:
+        key = (tuple(shape), np.dtype(dtype))
+        for other in [k for k in self._free if k != key]:  # a buffer given back late comes back here too
+            del self._free[other]
+            self._count.pop(other, None)
+        free = self._free[key]
+        if free and self._count[key] >= self.depth:
+            tensor, view, event = free.popleft()
+            if event is not None:
+                event.synchronize()
+            return tensor, view
+        self._count[key] += 1
+        self.allocated += 1
+        return _host_buffer(key[0], key[1], self.pin)
+
+    def give(self, buffer: tuple[torch.Tensor, np.ndarray], event: Any = None) -> None:
+        tensor, view = buffer
+        self._free[(tuple(tensor.shape), view.dtype)].append((tensor, view, event))
+
+
+def _store(out: np.ndarray, batch: list[Tile], probs: np.ndarray) -> None:
+    """Write a batch's ``(B, N, ny, nx)`` probabilities into ``out`` ``(N, Z, Y, X)``."""
+    for t, p in zip(batch, probs, strict=True):
+        out[:, t.z, t.y0 : t.y0 + t.ny, t.x0 : t.x0 + t.nx] = p
+
+
+def _run_batches_cuda(
+    model: nn.Module,
+    padded: np.ndarray,
+    batches: Iterable[list[Tile]],
+    context: int,
+    divisor: int,
+    norm: dict[str, Any] | None,
+    activation: str,
+    tta: bool,
+    out: np.ndarray,
+    device: torch.device,
+) -> None:
+    """:func:`infer_padded`'s loop for a model on a CUDA device: fewer PCIe bytes, host work overlapped.
+
+    The values are those of the CPU loop (windows, normalisation, batches, TTA, activation, crop); what
+    differs is how the bytes move:
+
+    * **raw uploads**: each batch's windows are built on the host in the block's own dtype
+      (:func:`_raw_windows`; uint8 is a quarter of float32's bytes over PCIe) in a pinned buffer
+      (:class:`_HostBuffers`, two per geometry in turn, so that filling one never overwrites one still
+      being copied), copied with ``non_blocking=True``, then converted to float32 and normalised on the
+      GPU (:func:`_model_input`, the same float32 operations as the host's);
+    * **overlap**: CUDA runs asynchronously, so batch ``i + 1`` is built, uploaded and its forward and
+      download queued before the host waits for batch ``i``'s probabilities (its event) and stores them:
+      the GPU always has the next batch queued while the host builds windows and stores results;
+    * **asynchronous downloads** of the float32 probabilities into pinned buffers, read only after the
+      CUDA event recorded behind the copy has completed.
+
+    ``model`` is on ``device``. With a CPU device the same steps run with ordinary memory and no events
+    (how the tests check them without a GPU).
+    """
+    cuda = device.type == "cuda"
+    dtype = _upload_dtype(padded.dtype)
+    scalars = _norm_scalars(norm, device)
+    uploads, results = _HostBuffers(pin=cuda), _HostBuffers(pin=cuda)
+    pending: tuple[list[Tile], tuple[torch.Tensor, np.ndarray], Any] | None = None
+
+    def event() -> Any:  # behind the work queued so far; blocking: a waiting thread sleeps, not spins
+        if not cuda:
+            return None
+        e = torch.cuda.Event(blocking=True)
+        e.record(torch.cuda.current_stream(device))
+        return e
+
+    def finish(batch: list[Tile], host: tuple[torch.Tensor, np.ndarray], done: Any) -> None:
+        if done is not None:
+            done.synchronize()
+        _store(out, batch, host[1])
+        results.give(host)
+
+    for batch in batches:
+        windows = uploads.take(_window_shape(batch, context, divisor), dtype)
+        _raw_windows(padded, batch, context, divisor, out=windows[1])
+        x = windows[0].to(device, non_blocking=True)
+        uploads.give(windows, event())  # refilled only after this upload has finished
+        x = _model_input(x, dtype, scalars)
+        probs = _forward(model, x, batch[0], activation, tta)
+        result = results.take(tuple(probs.shape), np.dtype(np.float32))
+        result[0].copy_(probs, non_blocking=True)
+        done = event()
+        if pending is not None:  # batch i - 1, while the GPU works on batch i
+            finish(*pending)
+        pending = (batch, result, done)
+    if pending is not None:
+        finish(*pending)
 
 
 def _dihedral(x: torch.Tensor, k: int, flip: bool, inverse: bool = False) -> torch.Tensor:

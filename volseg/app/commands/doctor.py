@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -27,6 +28,43 @@ def diagnose(device: str = "auto", seconds: float = 3.0) -> dict[str, Any]:
         "train_step": train_step_speed(
             train.model, patch=train.patch_size, batch=train.batch_size, device=device, seconds=seconds
         ),
+    }
+
+
+def tune(model: str | None = None, seconds: float = 1.0) -> dict[str, Any]:
+    """Measure predict's candidates (backend, tile, forwards at once) for ``model`` (default: the default
+    U-Net's architecture) on this machine's CPU, store them in the speed cache, and say what predict picks.
+
+    What predict picks is shown for 8 sections of 4096 x 4096 (uint8, chunks of 1024): the output rate is
+    the measured speed over the pixels computed per output pixel at that tile
+    (:func:`volseg.stages.predict.plan.choose`).
+    """
+    from volseg.nn import speeds as sp
+    from volseg.nn.runtime import resolve_precision
+    from volseg.nn.unet import UNet, UNetConfig
+    from volseg.stages.predict.options import PredictOptions
+    from volseg.stages.predict.plan import lay_out
+    from volseg.stages.predict.worker import model_info
+
+    info, net = model_info(model) if model else model_info(UNet(UNetConfig()))
+    precision = resolve_precision("cpu", "auto")
+    backends = [b for b in sp.installed_backends() if b == "torch" or precision == "fp32"]
+    wanted = sp.candidates(backends)
+    speeds = sp.probe(net, wanted, info.halo, precision, seconds)
+    key = sp.speed_key(info.config, precision)
+    path = sp.store_speeds(key, speeds, {"model": info.path, "architecture": info.config})
+    shape = (8, 4096, 4096)
+    roi = tuple((0, n) for n in shape)
+    sizes = (None, info.halo, 0)
+    picks = lay_out(PredictOptions(device="cpu"), info, roi, (1, 1024, 1024), 1, sizes, "cpu", precision,
+                    speeds, shape, "probe")  # fmt: skip
+    return {
+        "cache": str(path),
+        "key": key,
+        "precision": precision,
+        "model": info.path or "default U-Net (base 16, depth 4)",
+        "speeds": {c.label: round(v, 3) for c, v in speeds.items()},
+        "on_4096_sections": picks.choice,
     }
 
 
@@ -66,6 +104,17 @@ def doctor_cmd(
         float, typer.Option(help="Seconds each speed probe runs (after a warm-up call).")
     ] = 3.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    tune_: Annotated[
+        bool,
+        typer.Option(
+            "--tune",
+            help="Measure predict's tiles, runtimes and thread layouts on this CPU (about a minute) and "
+            "cache them: predict then picks the fastest.",
+        ),
+    ] = False,
+    model: Annotated[
+        Path | None, typer.Option(help="With --tune: the model to measure (default: the default U-Net).")
+    ] = None,
 ) -> None:
     """Show what volseg will use here (CPU class, cores, torch, GPUs, auto precision) and how fast it runs.
 
@@ -75,6 +124,9 @@ def doctor_cmd(
     """
     if not 0.1 <= seconds <= 5:  # the whole report stays about ten seconds
         raise OptionError(f"--seconds {seconds}: use 0.1 to 5 seconds per probe")
+    if tune_:
+        _print_tune(tune(str(model) if model else None, min(seconds, 1.0)), as_json)
+        return
     report = diagnose(device, seconds)
     if as_json:
         echo_json(report)
@@ -88,3 +140,27 @@ def doctor_cmd(
     for name, value in _rows(report):
         table.add_row(name, value)
     Console(highlight=False).print(table)
+
+
+def _print_tune(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        echo_json(report)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = {r["candidate"]: r for r in report["on_4096_sections"]["candidates"]}
+    table = Table(title=f"predict's candidates here ({report['precision']}, {report['model']})")
+    for name in ("backend/tile/forwards at once", "computed Mvox/s", "pixels per output px", "output Mvox/s"):
+        table.add_column(name, justify="right")
+    for label, speed in report["speeds"].items():
+        r = rows.get(label, {})
+        overhead = f"{r['overhead']:.2f}" if "overhead" in r else "-"
+        rate = f"{r['rate']:.2f}" if "rate" in r else "-"
+        table.add_row(label, f"{speed:.2f}", overhead, rate)
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(
+        f"on 4096 x 4096 sections predict picks {report['on_4096_sections']['chosen']} "
+        f"({report['on_4096_sections']['rate']:.2f} output Mvox/s); cached in {report['cache']}"
+    )

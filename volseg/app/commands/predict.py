@@ -38,7 +38,8 @@ def predict_cmd(
     tile: Annotated[
         int | None,
         typer.Option(
-            help="Inner tile edge (px), a multiple of 2**depth; default: the block edge up to 1024."
+            help="Inner tile edge (px), a multiple of 2**depth; default: the fastest by the speeds measured "
+            "here ('volseg doctor --tune'), else the block edge up to 1024."
         ),
     ] = None,
     halo: Annotated[
@@ -88,9 +89,10 @@ def predict_cmd(
         Backend,
         typer.Option(
             help="Runtime of the forward pass on the CPU: torch, or openvino / onnxruntime (optional extras, "
-            "pip install 'volseg[openvino]'; faster on CPUs without native bf16, see docs/tuning.md)."
+            "pip install 'volseg[openvino]'; faster on CPUs without native bf16, see docs/tuning.md); auto: "
+            "torch unless speeds measured here show an installed one faster."
         ),
-    ] = Backend.torch,
+    ] = Backend.auto,
     chunks: Annotated[str | None, typer.Option(help="Output chunks Z,Y,X; default: the input's.")] = None,
     block: Annotated[
         str | None,

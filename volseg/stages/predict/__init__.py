@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from volseg.core.progress import Progress
-from volseg.errors import IncompleteRunError, OptionError, VolsegWarning
+from volseg.errors import IncompleteRunError, OptionError, VolsegError, VolsegWarning
 from volseg.stages.predict.options import DTYPES, SCHEDULERS, PredictOptions
 from volseg.stages.predict.outputs import create_outputs, existing_done, finish, identity, mask_path
 from volseg.stages.predict.plan import (
@@ -47,6 +47,7 @@ from volseg.stages.predict.plan import (
     ModelInfo,
     Plan,
     check_tile_halo,
+    choices_open,
     estimate_memory,
     lay_out,
     make_plan,
@@ -211,7 +212,13 @@ def _plan(
     )
     info = replace(info, normalization=fit.normalization)
     device, precision = _device_precision(options)
-    layout = lay_out(options, info, roi, source.chunks, source.dtype.itemsize, sizes, device, precision)
+    options = _as_resumed(options, outp, mask)
+    sizes = (options.tile, *sizes[1:])
+    speeds, measured = _speeds(options, info, module, roi, sizes[1], device, precision)
+    layout = lay_out(
+        options, info, roi, source.chunks, source.dtype.itemsize, sizes, device, precision,
+        speeds, source.shape, measured,
+    )  # fmt: skip
     ident = identity(info, source, layout, options)
     done = existing_done(outp, mask, ident, options.overwrite)
     names: Mapping[str, str | None] = {
@@ -221,6 +228,63 @@ def _plan(
     }
     plan = make_plan(options, info, names, source.shape, layout, ident, done, fit.warnings)
     return plan, info, module, source
+
+
+def _as_resumed(options: PredictOptions, out: Path, mask: Path | None) -> PredictOptions:
+    """``options`` with the tile and backend of the run that ``out`` comes from, where they were left open.
+
+    An interrupted run resumes with what it chose even when the choice would now differ (speeds measured
+    since): its chunks must all come from one tile and runtime.
+    """
+    if options.overwrite or (options.tile is not None and options.backend != "auto"):
+        return options
+    for path in [out] + ([mask] if mask else []):
+        try:
+            prior = (open_volume(path).meta.get("predict") or {}).get("identity") or {}
+        except VolsegError:
+            continue
+        if prior.get("tile") is not None:
+            tile = options.tile if options.tile is not None else int(prior["tile"])
+            backend = prior.get("backend", "torch") if options.backend == "auto" else options.backend
+            return replace(options, tile=tile, backend=backend)
+    return options
+
+
+def _speeds(
+    options: PredictOptions,
+    info: ModelInfo,
+    module: nn.Module,
+    roi: Any,
+    halo: int,
+    device: str,
+    precision: str,
+) -> tuple[dict[Any, float] | None, str]:
+    """Speeds measured on this machine for the choices ``options`` leave open, and whence (cache / probe).
+
+    From the cache (:mod:`volseg.nn.speeds`); a run of at least :data:`volseg.nn.speeds.PROBE_MIN_VOXELS`
+    output voxels without cached speeds measures them first (about a minute) and caches them.
+    """
+    import math
+
+    from volseg.nn import speeds as sp
+
+    if not choices_open(options, device):
+        return None, "default"
+    backends = [b for b in sp.installed_backends() if b == "torch" or precision == "fp32"]
+    if options.backend != "auto":
+        backends = [options.backend]
+    tiles = sp.TILES if options.tile is None else (options.tile,)
+    wanted = sp.candidates(backends, tiles)
+    key = sp.speed_key(info.config, precision)
+    found = sp.cached_speeds(key)
+    speeds = {c: found[c] for c in wanted if c in found}
+    if speeds:
+        return speeds, "cache"
+    if math.prod(b - a for a, b in roi) < sp.PROBE_MIN_VOXELS:
+        return None, "default"
+    measured = sp.probe(module, wanted, halo, precision)
+    sp.store_speeds(key, measured, {"model": info.path, "architecture": info.config})
+    return measured, "probe"
 
 
 # ------------------------------------------------------------------------------ run

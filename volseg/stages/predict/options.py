@@ -25,8 +25,11 @@ class PredictOptions:
     Parameters
     ----------
     tile
-        Inner tile edge (px), a multiple of the model's divisor; ``None``: the block's edge up to
-        1024 (the larger the tile, the smaller the halo overhead ``(T + 2h)^2 / T^2``).
+        Inner tile edge (px), a multiple of the model's divisor; ``None``: chosen. With speeds measured
+        on this machine (:mod:`volseg.nn.speeds`: ``volseg doctor --tune``, or a first large run), the
+        tile of the highest output rate: speed at the tile / pixels computed per output pixel (the halo
+        costs ``(T + 2h)^2 / T^2`` between tiles); without, the block's edge up to 1024. A resumed run
+        keeps the tile it started with.
     halo
         Context (px) on each side of a tile; ``None``: the model's default halo.
     edge
@@ -79,8 +82,11 @@ class PredictOptions:
         dtype or brightness than the model was trained on (otherwise refused, see
         :func:`volseg.nn.intensity.image_for_model`).
     backend
-        ``torch`` (default), ``openvino`` or ``onnxruntime``: the runtime of the forward pass on the CPU
-        (optional extras, :mod:`volseg.nn.backends`); outputs equal torch's within about 1e-7.
+        ``auto`` (default), ``torch``, ``openvino`` or ``onnxruntime``: the runtime of the forward pass on
+        the CPU (optional extras, :mod:`volseg.nn.backends`); outputs equal torch's within about 1e-7.
+        ``auto`` is torch unless speeds measured on this machine (:mod:`volseg.nn.speeds`) show an
+        installed runtime at least :data:`volseg.stages.predict.plan.BACKEND_MARGIN` times faster for
+        this run (fp32 only); a resumed run keeps the backend it started with.
     """
 
     tile: int | None = None
@@ -103,7 +109,7 @@ class PredictOptions:
     activation: str = "auto"
     channel: int | None = None
     rescale: bool = False
-    backend: str = "torch"
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -129,7 +135,10 @@ def _check_choices(o: PredictOptions) -> None:
     _need(o.dtype in DTYPES, f"--dtype {o.dtype!r}: use one of {', '.join(DTYPES)}")
     _need(o.precision in PRECISIONS, f"--precision {o.precision!r}: use one of {', '.join(PRECISIONS)}")
     _need(o.activation in ACTIVATIONS, f"activation {o.activation!r}: use one of {', '.join(ACTIVATIONS)}")
-    if o.backend != "torch":
+    from volseg.nn.speeds import BACKEND_CHOICES
+
+    _need(o.backend in BACKEND_CHOICES, f"--backend {o.backend!r}: use one of {', '.join(BACKEND_CHOICES)}")
+    if o.backend not in ("torch", "auto"):
         from volseg.nn.backends import check_backend
 
         check_backend(o.backend, o.device)

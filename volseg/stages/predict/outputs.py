@@ -53,6 +53,8 @@ def identity(info: ModelInfo, source: Volume, layout: Layout, options: PredictOp
         "channel": options.channel,
         "rescale": options.rescale,
     }
+    if layout.backend != "torch":  # absent for torch, as in the outputs of earlier versions
+        ident["backend"] = layout.backend
     return json_ready(ident)
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from volseg.core import tiling
 from volseg.core.resources import available_cores
 from volseg.core.units import clock, human_bytes
 from volseg.errors import OptionError
+from volseg.nn.speeds import Candidate
 from volseg.stages.predict.options import PredictOptions
 from volseg.storage.files import json_ready
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from volseg.nn.inference import InferOptions
 
 __all__ = [
+    "BACKEND_MARGIN",
     "BASE_MEMORY",
     "BLOCK_TARGET_YX",
     "DEFAULT_PARALLEL",
@@ -37,6 +39,8 @@ __all__ = [
     "ModelInfo",
     "Plan",
     "check_tile_halo",
+    "choices_open",
+    "choose",
     "estimate_memory",
     "grouping",
     "lay_out",
@@ -55,6 +59,9 @@ BLOCK_TARGET_YX = 1024
 BASE_MEMORY = 400 * 2**20
 #: Tasks in flight on one machine by default (threads or processes), each with cores / 2 torch threads.
 DEFAULT_PARALLEL = 2
+#: ``--backend auto`` leaves torch for another runtime only when that one's best output rate is at least
+#: this much higher (their outputs differ by about 1e-7: a change of runtime should buy a real gain).
+BACKEND_MARGIN = 1.1
 
 Shape = tuple[int, int, int]
 
@@ -104,6 +111,8 @@ class Job:
     attempts: int = 1
     catch: bool = True
     backend: str = "torch"
+    #: Forward passes one at a time in the process (on all its threads), the other tasks reading and writing.
+    serial: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,13 @@ class Layout:
     device: str
     precision: str
     memory_per_block: int
+    #: The runtime of the forward passes (``--backend auto`` resolved).
+    backend: str
+    #: Forward passes at once in a process: 1 (one at a time on all cores) or the tasks in flight.
+    streams: int
+    #: How tile, backend and streams were chosen: ``source`` (given / default / cache / probe) and, when
+    #: measured speeds were used, each candidate's speed, compute overhead and output rate.
+    choice: dict[str, Any]
 
     @property
     def block_shape(self) -> Shape:
@@ -149,6 +165,8 @@ class Plan(Layout):
     scheduler: str
     parallel: int
     torch_threads: int
+    #: Forward passes one at a time (a lock in the process), each on all ``torch_threads``.
+    serial: bool
     n_blocks: int
     n_chunks: int
     blocks_done: int
@@ -184,11 +202,36 @@ class Plan(Layout):
             f"= {self.compute_overhead:.2f}",
             f"memory     ~{human_bytes(self.memory_per_block)} per block in flight, "
             f"~{human_bytes(self.memory_total)} in all with {self.parallel} in flight",
-            f"scheduler  {self.scheduler}, {self.parallel} parallel task(s) x "
-            f"{self.torch_threads} torch thread(s)",
+            self._scheduler_line(),
+            *self._choice_lines(),
             *self._estimate_lines(),
             *(f"note       {n}" for n in self.notes),
             *(f"warning    {w}" for w in self.warnings),
+        ]
+
+    def _scheduler_line(self) -> str:
+        runtime = f"{self.backend} backend"
+        if self.serial:
+            return (
+                f"scheduler  {self.scheduler}, {self.parallel} tasks in flight, forward passes one at a time "
+                f"on {self.torch_threads} thread(s) ({runtime})"
+            )
+        return (
+            f"scheduler  {self.scheduler}, {self.parallel} parallel task(s) x {self.torch_threads} thread(s) "
+            f"({runtime})"
+        )
+
+    def _choice_lines(self) -> list[str]:
+        c = self.choice
+        if c.get("source") not in ("cache", "probe"):
+            return []
+        others = sorted((r for r in c["candidates"] if r.get("rate") is not None), key=lambda r: -r["rate"])[
+            :4
+        ]
+        ranked = ", ".join(f"{r['candidate']} {r['rate']:.2f}" for r in others)
+        return [
+            f"choice     {c['chosen']} (backend/tile/forwards at once): {c['rate']:.2f} output Mvox/s "
+            f"by the speeds measured here ({c['source']}); best: {ranked}"
         ]
 
     def _estimate_lines(self) -> list[str]:
@@ -392,19 +435,121 @@ def lay_out(
     sizes: tuple[int | None, int, int],
     device: str,
     precision: str,
+    speeds: Mapping[Candidate, float] | None = None,
+    source_shape: Sequence[int] | None = None,
+    measured: str = "cache",
 ) -> Layout:
-    """Output chunks and blocks, tile and batch for ``options`` over ``roi`` (:func:`resolve_roi`).
+    """Output chunks and blocks, tile, batch, backend and streams for ``options`` over ``roi``.
 
     ``sizes``: tile, halo and edge from :func:`check_tile_halo`; ``itemsize``: bytes per image value.
+    With ``speeds`` (measured here, :mod:`volseg.nn.speeds`; ``measured`` says how: ``cache`` or ``probe``)
+    the tile, backend and streams that ``options`` leave open are chosen by :func:`choose`; without, the
+    given or default tile, torch (or the given backend), and the default streams.
     """
     tile, halo, edge = sizes
     out_shape = tuple(b - a for a, b in roi)
     chunks = tuple(min(int(c), s) for c, s in zip(options.chunks or source_chunks, out_shape, strict=True))
     _, parallel, _ = parallelism(options, 1 << 30)
+    backend = "torch" if options.backend == "auto" else options.backend
+    open_ = choices_open(options, device)
+    if speeds and open_ and source_shape is not None:
+        return choose(
+            options, info, roi, chunks, itemsize, sizes, device, precision, speeds, source_shape, measured
+        )
     plan_tile, batch, cpb, mem = size_blocks(
         options, info, out_shape, chunks, tile, halo, precision, itemsize, parallel, device
     )
-    return Layout(roi, out_shape, chunks, cpb, plan_tile, halo, edge, batch, device, precision, mem)  # type: ignore[arg-type]
+    streams = 1 if backend != "torch" else parallel
+    source = "given" if not open_ else "default"
+    return Layout(
+        roi, out_shape, chunks, cpb, plan_tile, halo, edge, batch, device, precision, mem,  # type: ignore[arg-type]
+        backend, streams, {"source": source},
+    )  # fmt: skip
+
+
+def choices_open(options: PredictOptions, device: str) -> bool:
+    """Whether predict may choose the tile or the backend: one of them left open, on this machine's CPU."""
+    local = (options.scheduler or "threads") == "threads" and not options.workers
+    return local and device == "cpu" and (options.tile is None or options.backend == "auto")
+
+
+def choose(
+    options: PredictOptions,
+    info: ModelInfo,
+    roi: tiling.Roi,
+    chunks: Sequence[int],
+    itemsize: int,
+    sizes: tuple[int | None, int, int],
+    device: str,
+    precision: str,
+    speeds: Mapping[Candidate, float],
+    source_shape: Sequence[int],
+    measured: str = "cache",
+) -> Layout:
+    """The layout with the highest output rate: measured speed at a tile / pixels computed per output pixel.
+
+    Candidates are the measured ones that ``options`` allow (``--tile``, ``--backend``), each laid out as
+    :func:`lay_out` would with that tile (within ``--memory-limit``; one that does not fit is left out). A
+    tile larger than the sections' extent runs as that extent, at the speed measured for it. With
+    ``--backend auto`` another runtime is chosen over torch only when its best rate is at least
+    :data:`BACKEND_MARGIN` times torch's best.
+    """
+    _, halo, edge = sizes
+    out_shape = tuple(b - a for a, b in roi)
+    _, parallel, _ = parallelism(options, 1 << 30)
+    extent = tiling.round_up(max(out_shape[1:]), info.divisor)
+    rows: list[dict[str, Any]] = []
+    best: dict[str, tuple[float, Layout, Candidate]] = {}
+    for cand, speed in sorted(speeds.items()):
+        if options.tile is not None and cand.tile != options.tile:
+            continue
+        if options.backend != "auto" and cand.backend != options.backend:
+            continue
+        if cand.streams not in (1, parallel) or (cand.tile > extent and _smaller_fits(speeds, cand, extent)):
+            continue  # a layout this run cannot have, or a tile no larger in effect than a smaller one
+        try:
+            plan_tile, batch, cpb, mem = size_blocks(
+                options, info, out_shape, chunks, cand.tile, halo, precision, itemsize, parallel, device
+            )
+        except OptionError:
+            rows.append({"candidate": cand.label, "speed": speed, "fits": False})
+            continue
+        block = _block_shape(chunks, cpb, out_shape)
+        runs_at = min(plan_tile, tiling.round_up(max(block[1:]), info.divisor))  # tiles never exceed blocks
+        if runs_at < min(cand.tile, extent):  # smaller blocks than the tile (to fit): not this speed
+            rows.append({"candidate": cand.label, "speed": speed, "fits": False})
+            continue
+        plan_tile = runs_at
+        overhead = tiling.plan_overhead(
+            out_shape[1:], block[1:], [a for a, _ in roi[1:]], plan_tile, halo, info.divisor,
+            source_shape[1:], edge,
+        )  # fmt: skip
+        rate = speed / overhead
+        rows.append({"candidate": cand.label, "speed": speed, "overhead": round(overhead, 4), "rate": rate})
+        layout = Layout(
+            roi, out_shape, tuple(chunks), cpb, plan_tile, halo, edge, batch, device, precision, mem,  # type: ignore[arg-type]
+            cand.backend, cand.streams, {},
+        )  # fmt: skip
+        if cand.backend not in best or rate > best[cand.backend][0]:
+            best[cand.backend] = (rate, layout, cand)
+    if not best:  # nothing measured that this run allows: the static default
+        fallback = replace(options, backend="torch" if options.backend == "auto" else options.backend)
+        return lay_out(fallback, info, roi, chunks, itemsize, sizes, device, precision)
+    torch_rate = best["torch"][0] if "torch" in best else 0.0
+    winner = max(best.values(), key=lambda r: r[0])
+    if options.backend == "auto" and "torch" in best and winner[0] < BACKEND_MARGIN * torch_rate:
+        winner = best["torch"]
+    rate, layout, cand = winner
+    for row in rows:
+        row.update({k: round(v, 3) for k, v in row.items() if isinstance(v, float)})
+    choice = {"source": measured, "chosen": cand.label, "rate": round(rate, 3), "candidates": rows}
+    return replace(layout, choice=choice)
+
+
+def _smaller_fits(speeds: Mapping[Candidate, float], cand: Candidate, extent: int) -> bool:
+    """Whether a smaller measured tile of the same backend and streams also covers ``extent``."""
+    same = [c for c in speeds if c.backend == cand.backend and c.streams == cand.streams]
+    return any(extent <= c.tile < cand.tile for c in same)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -417,6 +562,9 @@ def settings(options: PredictOptions, layout: Layout) -> dict[str, Any]:
         edge=layout.edge,
         batch_size=layout.batch_size,
         chunks_per_block=list(layout.chunks_per_block),
+        backend=layout.backend,
+        streams=layout.streams,
+        chosen_by=layout.choice.get("source"),
     )
     return json_ready(out)
 
@@ -451,6 +599,9 @@ def make_plan(
     all_blocks = list(tiling.blocks(lay.out_shape, lay.chunks, lay.chunks_per_block))
     pending = [b for b in all_blocks if not all(c in done for c in b.chunk_ids)]
     sched, parallel, threads = parallelism(options, len(pending))
+    serial = lay.streams == 1 and parallel > 1 and sched == "threads"
+    if lay.streams == 1 and sched in ("threads", "synchronous"):
+        threads = available_cores()
     overhead = tiling.plan_overhead(
         lay.out_shape[1:],
         lay.block_shape[1:],
@@ -474,6 +625,7 @@ def make_plan(
         scheduler=sched,
         parallel=max(1, parallel),
         torch_threads=threads,
+        serial=serial,
         n_blocks=len(all_blocks),
         n_chunks=math.prod(tiling.grid_shape(lay.out_shape, lay.chunks)),
         blocks_done=len(all_blocks) - len(pending),

@@ -111,7 +111,8 @@ def make_job(
         torch_threads=torch_threads,
         attempts=1 + options.retries if catch else 1,
         catch=catch,
-        backend=options.backend,
+        backend=plan.backend,
+        serial=plan.serial,
     )
 
 

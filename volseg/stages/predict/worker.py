@@ -55,6 +55,9 @@ __all__ = [
 #: Models prepared in this process, by (checksum, device); device None: as the caller loaded it.
 _MODELS: dict[tuple[str, ...] | tuple[str, None], nn.Module] = {}  # (key, device[, backend]) -> model
 _MODELS_LOCK = threading.Lock()
+#: Held by a task's forward passes when the plan runs them one at a time (``Job.serial``): each then has
+#: all the cores, while the other tasks in flight read their input and write their output.
+_FORWARD_LOCK = threading.Lock()
 
 
 def model_info(model: str | os.PathLike[str] | nn.Module) -> tuple[ModelInfo, nn.Module]:
@@ -283,7 +286,8 @@ def predict_block(
     from volseg.nn.inference import infer_padded
 
     padded, (cy, cx), margins = read_window(array, job, block)
-    probs = infer_padded(model, padded, job.halo, infer or job.infer, job.normalization, margins)
+    with _FORWARD_LOCK if job.serial else contextlib.nullcontext():
+        probs = infer_padded(model, padded, job.halo, infer or job.infer, job.normalization, margins)
     if probs.ndim == 4:
         probs = probs[1 if job.channel is None else job.channel]
     bz, by, bx = block.shape
