@@ -38,6 +38,10 @@ def test_doctor_json_reports_the_machine_and_measured_speeds():
     # bf16 is chosen exactly where the CPU has it natively (docs/tuning.md)
     if "avx512_bf16" not in flags and "amx_bf16" not in flags:
         assert runtime["auto_precision_cpu"] == "fp32"
+    # nothing measured in the test's own cache: predict's static default, and the doctor says so
+    pick = report["predict_on_4096_sections"]
+    assert pick["source"] == "default" and pick["chosen"].startswith("torch/1024/")
+    assert runtime["backend"] == "auto" and "torch" in runtime["backends_installed"]
     forward, step = report["forward"], report["train_step"]
     assert forward["mvox_per_s"] > 0 and forward["tile"] == 512 and forward["calls"] >= 2
     assert step["steps_per_s"] > 0 and step["steps"] >= 2

@@ -188,3 +188,58 @@ def test_an_unwritable_or_damaged_cache_is_ignored(tmp_path, monkeypatch):
     assert sp.cached_speeds("k") == {}
     sp.store_speeds("k", {Candidate("torch", 512, 2): 1.5})
     assert sp.cached_speeds("k") == {Candidate("torch", 512, 2): 1.5}
+
+
+def test_auto_backend_takes_an_installed_runtime_that_measured_faster(inputs, tmp_path):
+    import importlib.util
+
+    if not (importlib.util.find_spec("openvino") and importlib.util.find_spec("onnx")):
+        pytest.skip("openvino is not installed (pip install 'volseg[openvino]')")
+    image, model = inputs
+    opts = {"device": "cpu", "precision": "fp32", "dtype": "float32"}
+    cache_speeds(model, {Candidate("torch", 1024, 2): 1.0, Candidate("openvino", 1024, 1): 2.0})
+    result = predict(model, image, tmp_path / "ov.zarr", **opts)
+    assert (result.plan["backend"], result.plan["serial"], result.plan["torch_threads"]) == (
+        "openvino",
+        result.plan["parallel"] > 1,
+        sp.available_cores(),
+    )
+    ident = open_volume(tmp_path / "ov.zarr").meta["predict"]["identity"]
+    assert ident["backend"] == "openvino"
+    torch_run = predict(model, image, tmp_path / "t.zarr", backend="torch", **opts)
+    a, b = (open_volume(tmp_path / n).data.compute() for n in ("ov.zarr", "t.zarr"))
+    assert np.abs(a - b).max() < 1e-5 and torch_run.plan["backend"] == "torch"
+
+
+def test_a_blocks_chunks_are_written_in_parallel_and_a_failed_one_is_not_marked_done(tmp_path, monkeypatch):
+    import threading
+
+    from volseg.errors import IncompleteRunError
+    from volseg.storage.volumes import Volume
+
+    image = write_volume(tmp_path / "i.zarr", em_like((1, 256, 256), seed=2), (1, 64, 64))
+    model = unet_file(tmp_path / "m.pt", base=4, depth=3)
+    opts = {"device": "cpu", "precision": "fp32", "backend": "torch", "block": (1, 256, 256), "retries": 0}
+    clean = predict(model, image, tmp_path / "clean.zarr", **opts)
+    assert clean.blocks_total == 1
+    real = Volume.write_block
+    threads: set[str] = set()
+
+    def flaky(self, index, data, **kw):
+        threads.add(threading.current_thread().name)
+        if tuple(index) == (0, 1, 2) and self.path.name == "out.zarr":
+            raise OSError("disk full (injected)")
+        return real(self, index, data, **kw)
+
+    monkeypatch.setattr(Volume, "write_block", flaky)
+    with pytest.raises(IncompleteRunError):
+        predict(model, image, tmp_path / "out.zarr", **opts)
+    assert any(name.startswith("volseg-write") for name in threads)  # the pool wrote them
+    out = open_volume(tmp_path / "out.zarr")
+    done = set(out.done_blocks())
+    assert (0, 1, 2) not in done and len(done) == 15  # every other chunk is done and durable
+    monkeypatch.setattr(Volume, "write_block", real)
+    again = predict(model, image, tmp_path / "out.zarr", **opts)
+    assert again.blocks_written == 1
+    a, b = (open_volume(tmp_path / n).data.compute() for n in ("clean.zarr", "out.zarr"))
+    assert np.array_equal(a, b)

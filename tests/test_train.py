@@ -453,3 +453,28 @@ def test_progress_reports_steps_with_loss_and_lr(data, tmp_path):
     assert all({"loss", "lr", "steps/s"} <= set(u.info) for u in steps)
     with pytest.raises(InputError, match="no checkpoint"):
         run(data, tmp_path / "none.pt", resume=True, progress=updates.append)
+
+
+def test_sigterm_saves_an_exact_checkpoint_exits_75_and_resumes(data, tmp_path):
+    from volseg.core.preempt import PREEMPTED_EXIT
+
+    out, log = tmp_path / "m.pt", tmp_path / "m.log.jsonl"
+    proc = subprocess.Popen(
+        cli_args(data, out, "--steps", "150", "--val-every", "50"), stderr=subprocess.PIPE, text=True,
+        env=ONE_THREAD,
+    )  # fmt: skip
+    wait_for_steps(log, 4, proc)
+    proc.send_signal(signal.SIGTERM)  # what SLURM sends at the time limit or on preemption
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == PREEMPTED_EXIT, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "stopped by SIGTERM at step" in lines[0] and "--resume" in lines[0], err
+    step = read_model_file(tmp_path / "m.last.pt")["training_state"]["step"]
+    assert 4 <= step < 150
+    assert [r["step"] for r in steps_of(log)] == list(range(1, step + 1))  # the log ends at the checkpoint
+    resumed = subprocess.run(
+        cli_args(data, out, "--resume", "--steps", "150", "--val-every", "50"),
+        capture_output=True, text=True, env=ONE_THREAD,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_model_file(tmp_path / "m.last.pt")["training_state"]["step"] == 150

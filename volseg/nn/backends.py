@@ -92,14 +92,22 @@ def _runner(backend: str, onnx: bytes, threads: int | None) -> Callable[[np.ndar
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = core.compile_model(core.read_model(onnx, b""), "CPU", config)
-    local = threading.local()  # dask threads call at once: one infer request each (a request is not shared)
+    # Threads may call at once, and a request serves one call at a time: idle requests wait in a pool and
+    # a new one is made only when all are busy. A request keeps what it built for the shapes it ran (the
+    # first call of a shape takes about a third longer), so when calls come one at a time (predict's serial
+    # layout) a single request serves them all.
+    idle: list[Any] = []
+    lock = threading.Lock()
 
     def run(x: np.ndarray) -> np.ndarray:
-        request = getattr(local, "request", None)
-        if request is None:
-            request = local.request = compiled.create_infer_request()
-        request.infer([x])
-        return np.array(request.get_output_tensor(0).data, copy=True)
+        with lock:
+            request = idle.pop() if idle else compiled.create_infer_request()
+        try:
+            request.infer([x])
+            return np.array(request.get_output_tensor(0).data, copy=True)
+        finally:
+            with lock:
+                idle.append(request)
 
     return run
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from volseg.nn.runtime import autocast_context, resolve_device, resolve_precision
+from volseg.nn.speeds import installed_backends
 from volseg.nn.unet import UNet, UNetConfig
 
 __all__ = ["forward_speed", "runtime_summary", "train_step_speed"]
@@ -40,7 +41,8 @@ def runtime_summary() -> dict[str, Any]:
         "auto_device": str(device),
         "auto_precision": resolve_precision(device, "auto"),
         "auto_precision_cpu": resolve_precision("cpu", "auto"),
-        "backend": "torch",
+        "backend": "auto",  # torch unless speeds measured here favour an installed runtime (volseg.nn.speeds)
+        "backends_installed": installed_backends(),
     }
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from volseg.core import preempt
 from volseg.core.progress import Progress, Tracker
 from volseg.core.resources import available_cores
 from volseg.errors import InputError, OptionError, OutputError, VolsegError
@@ -215,7 +216,8 @@ def convert(
     out = _checked_paths(src, out, kind, overwrite, resume)
     with open_stack(src, channel=opts.channel, order=opts.order) as stack:
         vol = _output(src, out, stack, opts, kind, overwrite=overwrite, resume=resume)
-        _copy(stack, vol, progress)
+        with preempt.stop_on_signals():  # SIGTERM / SIGUSR1: finish the blocks in hand, record them, stop
+            _copy(stack, vol, progress)
     if not vol.complete:
         vol.mark_complete()
     return ConvertResult.of(vol, time.perf_counter() - start)
@@ -422,8 +424,12 @@ def _pipeline(
     free = list(buffers)
     inflight: deque[tuple[np.ndarray, list[Future[Future[None]]]]] = deque()  # buffer, its blocks' stores
     records: list[Future[None]] = []  # done records being written
+    stopped = False
     try:
         for z0, z1, y0, blocks in pieces:
+            if preempt.requested():  # a batch system's notice: no new piece; the ones in hand are finished
+                stopped = True
+                break
             if blocks:
                 if not free:  # reuse the oldest piece's buffer once all its blocks are stored
                     buf, stores = inflight.popleft()
@@ -442,6 +448,12 @@ def _pipeline(
         while inflight:
             records += [f.result() for f in inflight.popleft()[1]]
         _wait(records)
+        if stopped:
+            done = len(vol.done_blocks())
+            raise preempt.Preempted(
+                f"{vol.path}: stopped by {preempt.stop_signal()} with {done} of {vol.n_blocks} blocks "
+                "written and recorded; rerun the same command with --resume to finish"
+            )
     except BaseException:
         # drop queued blocks; stored ones keep records
         for f in (f for _, stores in inflight for f in stores):

@@ -24,11 +24,45 @@ def diagnose(device: str = "auto", seconds: float = 3.0) -> dict[str, Any]:
     return {
         "machine": machine_summary(),
         "runtime": runtime_summary(),
+        "predict_on_4096_sections": _cached_pick(),
         "forward": forward_speed(UNet(UNetConfig()), tile=512, batch=1, device=device, seconds=seconds),
         "train_step": train_step_speed(
             train.model, patch=train.patch_size, batch=train.batch_size, device=device, seconds=seconds
         ),
     }
+
+
+def _pick(info: Any, speeds: Any, precision: str, source: str) -> dict[str, Any]:
+    """What predict picks on 8 sections of 4096 x 4096 (chunks of 1024) with these speeds."""
+    from volseg.stages.predict.options import PredictOptions
+    from volseg.stages.predict.plan import lay_out
+
+    shape = (8, 4096, 4096)
+    roi = tuple((0, n) for n in shape)
+    sizes = (None, info.halo, 0)
+    layout = lay_out(PredictOptions(device="cpu"), info, roi, (1, 1024, 1024), 1, sizes, "cpu", precision,
+                     speeds, shape, source)  # fmt: skip
+    return (
+        layout.choice
+        if layout.choice.get("chosen")
+        else {
+            "source": layout.choice["source"],
+            "chosen": f"{layout.backend}/{layout.tile}/{layout.streams}",
+        }
+    )
+
+
+def _cached_pick() -> dict[str, Any]:
+    """predict's pick on 4096^2 sections for the default architecture, from this machine's speed cache."""
+    from volseg.nn import speeds as sp
+    from volseg.nn.runtime import resolve_precision
+    from volseg.nn.unet import UNet, UNetConfig
+    from volseg.stages.predict.worker import model_info
+
+    info, _ = model_info(UNet(UNetConfig()))
+    precision = resolve_precision("cpu", "auto")
+    found = sp.cached_speeds(sp.speed_key(info.config, precision))
+    return _pick(info, found or None, precision, "cache")
 
 
 def tune(model: str | None = None, seconds: float = 1.0) -> dict[str, Any]:
@@ -42,8 +76,6 @@ def tune(model: str | None = None, seconds: float = 1.0) -> dict[str, Any]:
     from volseg.nn import speeds as sp
     from volseg.nn.runtime import resolve_precision
     from volseg.nn.unet import UNet, UNetConfig
-    from volseg.stages.predict.options import PredictOptions
-    from volseg.stages.predict.plan import lay_out
     from volseg.stages.predict.worker import model_info
 
     info, net = model_info(model) if model else model_info(UNet(UNetConfig()))
@@ -53,18 +85,14 @@ def tune(model: str | None = None, seconds: float = 1.0) -> dict[str, Any]:
     speeds = sp.probe(net, wanted, info.halo, precision, seconds)
     key = sp.speed_key(info.config, precision)
     path = sp.store_speeds(key, speeds, {"model": info.path, "architecture": info.config})
-    shape = (8, 4096, 4096)
-    roi = tuple((0, n) for n in shape)
-    sizes = (None, info.halo, 0)
-    picks = lay_out(PredictOptions(device="cpu"), info, roi, (1, 1024, 1024), 1, sizes, "cpu", precision,
-                    speeds, shape, "probe")  # fmt: skip
+    picks = _pick(info, speeds, precision, "probe")
     return {
         "cache": str(path),
         "key": key,
         "precision": precision,
         "model": info.path or "default U-Net (base 16, depth 4)",
         "speeds": {c.label: round(v, 3) for c, v in speeds.items()},
-        "on_4096_sections": picks.choice,
+        "on_4096_sections": picks,
     }
 
 
@@ -82,7 +110,12 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             f"{r['torch']}, oneDNN {r['onednn'] or '?'}, {r['threads']} threads, CUDA {r['cuda'] or 'none'}",
         ),
         ("gpus", gpus or "none"),
-        ("auto picks", f"device {r['auto_device']}, precision {r['auto_precision']}, backend {r['backend']}"),
+        (
+            "auto picks",
+            f"device {r['auto_device']}, precision {r['auto_precision']}, backend auto of "
+            f"{', '.join(r['backends_installed'])}",
+        ),
+        ("predict", _pick_text(report["predict_on_4096_sections"])),
         (
             "forward",
             f"{f['mvox_per_s']:.2f} Mvox/s (default U-Net, tile {f['tile']}, batch {f['batch']}, "
@@ -140,6 +173,18 @@ def doctor_cmd(
     for name, value in _rows(report):
         table.add_row(name, value)
     Console(highlight=False).print(table)
+
+
+def _pick_text(pick: dict[str, Any]) -> str:
+    if pick.get("source") == "default":
+        return (
+            f"{pick['chosen']} (backend/tile/forwards at once) on 4096^2 sections: the static default, no "
+            "speeds measured here yet (volseg doctor --tune)"
+        )
+    return (
+        f"{pick['chosen']} (backend/tile/forwards at once) on 4096^2 sections, {pick['rate']:.2f} output "
+        "Mvox/s by the speeds measured here"
+    )
 
 
 def _print_tune(report: dict[str, Any], as_json: bool) -> None:

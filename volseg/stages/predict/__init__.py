@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from volseg.core import preempt
 from volseg.core.progress import Progress
 from volseg.errors import IncompleteRunError, OptionError, VolsegError, VolsegWarning
 from volseg.stages.predict.options import DTYPES, SCHEDULERS, PredictOptions
@@ -348,7 +349,7 @@ def predict(
         )
     create_outputs(plan, info, source, options)
     started = time.perf_counter()
-    with registered(info, module):
+    with registered(info, module), preempt.stop_on_signals():  # SIGTERM / SIGUSR1: stop taking blocks
         results, compute_seconds = execute(plan, info, options, progress)
     return _report(plan, results, time.perf_counter() - started, compute_seconds)
 
@@ -356,13 +357,14 @@ def predict(
 def _report(plan: Plan, results: list[BlockStatus], seconds: float, compute_seconds: float) -> PredictResult:
     """The result; raises :class:`IncompleteRunError` (carrying it) when blocks failed."""
     failed = [r for r in results if r.error]
+    stopped = [r for r in results if r.stopped]
     result = PredictResult(
         out=plan.out,
         mask=plan.mask,
         status=finish(plan),
         blocks_total=plan.n_blocks,
         blocks_skipped=plan.blocks_done,
-        blocks_written=len(results) - len(failed),
+        blocks_written=len(results) - len(failed) - len(stopped),
         blocks_failed=len(failed),
         voxels=sum(r.voxels for r in results if not r.error),
         seconds=seconds,
@@ -383,6 +385,14 @@ def _report(plan: Plan, results: list[BlockStatus], seconds: float, compute_seco
             f"are not marked done ({result.errors[0]}); {plan.out} stays incomplete, rerun the same "
             f"command to retry them"
         )
+    elif stopped:
+        left = plan.n_blocks - plan.blocks_done - result.blocks_written
+        error: VolsegError = preempt.Preempted(
+            f"{plan.out}: stopped by {preempt.stop_signal()}: {result.blocks_written} blocks written and "
+            f"recorded, {len(stopped)} not started ({left} left); rerun the same command to resume"
+        )
+        error.result = result  # type: ignore[attr-defined]
+        raise error
     else:
         return result
     error = IncompleteRunError(message)

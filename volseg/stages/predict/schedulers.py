@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from volseg.core import tiling
+from volseg.core import preempt, tiling
 from volseg.core.progress import Progress, Tracker
 from volseg.core.resources import available_cores
 from volseg.errors import OptionError, VolsegError
@@ -260,9 +260,16 @@ def _run_distributed(client: Client, tasks: list[Delayed], retries: int, meter: 
     futures = client.compute(tasks, retries=retries)
     index = {f.key: _block_index_from_key(t.key) for f, t in zip(futures, tasks, strict=True)}
     lost: dict[Any, int] = {}
-    results = []
+    results: list[BlockStatus] = []
+    stopping: list[Any] = []
     pending = as_completed(futures, loop=client.loop)
     for future in pending:
+        if preempt.requested() and not stopping:  # the workers finish their blocks; no new ones start
+            stopping = [f for f in futures if f.status == "pending"]
+            client.cancel(stopping)
+            results += [BlockStatus(index[f.key], 0, 0, 0.0, stopped=True) for f in stopping]
+        if future.status == "cancelled":
+            continue
         if future.status == "error":
             status = failure(index[future.key], future.exception())
         else:

@@ -216,6 +216,8 @@ class BlockStatus:
     error: str | None = None
     #: The error is bad or damaged input (a missing chunk): rerunning cannot help.
     bad_input: bool = False
+    #: Not started: a stop was requested (SIGTERM / SIGUSR1, :mod:`volseg.core.preempt`).
+    stopped: bool = False
 
 
 def failure(
@@ -294,13 +296,35 @@ def predict_block(
     return probs[:, cy : cy + by, cx : cx + bx]
 
 
+#: Threads that convert, compress and write a block's chunks at once (zarr's codecs release the GIL).
+WRITE_THREADS = 4
+_WRITERS: list[Any] = []  # the process's write pool, made on first use
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writers() -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from volseg.core.resources import available_cores
+
+    with _WRITERS_LOCK:
+        if not _WRITERS:
+            n = max(1, min(WRITE_THREADS, available_cores()))
+            _WRITERS.append(ThreadPoolExecutor(n, thread_name_prefix="volseg-write"))
+        return _WRITERS[0]
+
+
 def _write_chunks(job: Job, block: tiling.Block, probs: np.ndarray) -> int:
+    """Convert and write each chunk of the block that is not done yet, several at once; the count written.
+
+    Each chunk is written, made durable and then marked done on its own (one file each), so chunks of a
+    block may go in parallel: a crash leaves every chunk either done or not recorded.
+    """
     out = _volume(job.out, "r+", job.run_id)
     mask = _volume(job.mask, "r+", job.run_id) if job.mask else None
-    written = 0
-    for cid in block.chunk_ids:
-        if out.is_done(cid) and (mask is None or mask.is_done(cid)):
-            continue
+    todo = [c for c in block.chunk_ids if not (out.is_done(c) and (mask is None or mask.is_done(c)))]
+
+    def write(cid: tuple[int, ...]) -> None:
         region = tiling.region(job.out_shape, job.chunks, cid)
         local = tuple(
             slice(r.start - b.start, r.stop - b.start) for r, b in zip(region, block.out, strict=True)
@@ -309,8 +333,18 @@ def _write_chunks(job: Job, block: tiling.Block, probs: np.ndarray) -> int:
         if mask is not None:
             mask.write_block(cid, (p >= np.float32(job.threshold)).astype(np.uint8))
         out.write_block(cid, from_probability(p, job.dtype))
-        written += 1
-    return written
+
+    if len(todo) <= 1:
+        for cid in todo:
+            write(cid)
+    else:
+        from concurrent.futures import wait
+
+        futures = [_writers().submit(write, cid) for cid in todo]
+        wait(futures)  # every chunk finished before the block counts, or before its first error is raised
+        for future in futures:
+            future.result()
+    return len(todo)
 
 
 def run_block(job: Job, block: tiling.Block) -> BlockStatus:
@@ -320,6 +354,10 @@ def run_block(job: Job, block: tiling.Block) -> BlockStatus:
     then returned as an error status, so that the other blocks go on; without it (a
     distributed cluster) the exception propagates and dask's own retries apply.
     """
+    from volseg.core import preempt
+
+    if preempt.requested():  # a batch system's notice: no new block; those in flight finish and record
+        return BlockStatus(block.index, 0, 0, 0.0, stopped=True)
     start = time.perf_counter()
     for attempt in range(job.attempts):
         try:

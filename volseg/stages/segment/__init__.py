@@ -37,6 +37,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from volseg.core import preempt
 from volseg.core.progress import Progress, Tracker
 from volseg.stages.segment.inputs import boundary_from_volume, input_kind_of, open_output
 from volseg.stages.segment.options import SegmentOptions, SegmentResult, check_run_options
@@ -117,8 +118,9 @@ def segment(
             return _result(vol, opts, resumed)
         scratch = None if opts.mode == "2d" and not opts.relabel else scratch_volume(vol, opts.mode)
         run = Run(src, convert, vol, scratch, opts, scheduler, workers, tracker)
-        run.label()
-        run.number()
+        with preempt.stop_on_signals():  # SIGTERM / SIGUSR1: finish the units in hand, record them, stop
+            run.label()
+            run.number()
         vol.mark_complete()
     return _result(vol, opts, resumed)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.ndimage as ndi
 
+from volseg.core import preempt
 from volseg.core.progress import Tracker
 from volseg.core.segmentation import halo, label_dtype, segment_section, smooth
 from volseg.errors import IncompleteRunError
@@ -169,7 +170,13 @@ def _run(tasks: list[Delayed], scheduler: str | None, workers: int | None, what:
     if workers:
         kwargs["num_workers"] = workers
     results = dask.compute(*tasks, **kwargs)
-    failures = [r for r in results if r is not None]
+    stopped = sum(r is _STOPPED for r in results)
+    failures = [r for r in results if r is not None and r is not _STOPPED]
+    if stopped and not failures:
+        raise preempt.Preempted(
+            f"{path}: stopped by {preempt.stop_signal()}: {len(tasks) - stopped} of {len(tasks)} {what} done "
+            "and recorded; rerun the same command with --resume to finish"
+        )
     if failures:
         raise IncompleteRunError(
             f"{path}: {len(failures)} of {len(tasks)} {what} failed (first: {failures[0]}); "
@@ -177,7 +184,13 @@ def _run(tasks: list[Delayed], scheduler: str | None, workers: int | None, what:
         )
 
 
+#: What a task returns when a stop was requested before it started (:mod:`volseg.core.preempt`).
+_STOPPED = "stopped before it started"
+
+
 def _guard(fn: Callable[..., None], *args: object) -> str | None:
+    if preempt.requested():  # a batch system's notice: no new unit; those in flight finish and are recorded
+        return _STOPPED
     try:
         fn(*args)
     except Exception as exc:  # reported after the other blocks finished

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from volseg.core import preempt
 from volseg.core.progress import Progress, Tracker
 from volseg.nn.runtime import check_device
 from volseg.stages.train.config import (
@@ -224,6 +225,11 @@ def _run(trainer: Trainer, progress: Progress | None, on_step: StepCallback | No
                 totals = run_loop(trainer, log, flag, tracker, on_step)
             if flag.set:
                 trainer.save(paths["last"], {"step": trainer.step}, trainer.training_state())
+                if flag.preempted:  # a batch system's notice: exit 75, the same command with --resume goes on
+                    raise preempt.Preempted(
+                        f"{paths['last']}: stopped by {preempt.stop_signal()} at step {trainer.step}, exact "
+                        f"checkpoint saved; continue with: {_resume_command(config)}"
+                    )
                 raise TrainingInterrupted(trainer.step, paths["last"], _resume_command(config))
             if trainer.validator is None or not paths["model"].exists():
                 trainer.save(paths["model"], {"step": trainer.step}, None)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from volseg.core import preempt
 from volseg.core.progress import Tracker
 from volseg.core.resources import available_cores
 from volseg.errors import ModelError, OptionError, OutputError, VolsegWarning
@@ -54,10 +55,20 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class StopFlag:
-    """SIGINT sets the flag (the loop stops at the end of the step); a second SIGINT interrupts at once."""
+    """Stop at the end of the step: SIGINT (Ctrl-C; a second one interrupts at once), or SIGTERM / SIGUSR1 /
+    SIGUSR2, a batch system's notice before it kills the job (:mod:`volseg.core.preempt`)."""
 
     def __init__(self) -> None:
-        self.set = False
+        self.interrupted = False
+
+    @property
+    def set(self) -> bool:
+        return self.interrupted or preempt.requested()
+
+    @property
+    def preempted(self) -> bool:
+        """The stop came from a batch system's signal (exit :data:`volseg.core.preempt.PREEMPTED_EXIT`)."""
+        return preempt.requested() and not self.interrupted
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopFlag]:
@@ -67,13 +78,14 @@ class StopFlag:
         previous = signal.getsignal(signal.SIGINT)
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            if self.set:
+            if self.interrupted:
                 raise KeyboardInterrupt
-            self.set = True
+            self.interrupted = True
 
         signal.signal(signal.SIGINT, handler)
         try:
-            yield self
+            with preempt.stop_on_signals():
+                yield self
         finally:
             signal.signal(signal.SIGINT, previous)
 
