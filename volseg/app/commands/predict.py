@@ -85,6 +85,22 @@ def predict_cmd(
             "an image of another dtype or brightness than the model was trained on (otherwise refused).",
         ),
     ] = False,
+    tissue_mask: Annotated[
+        Path | None,
+        typer.Option(
+            "--mask",
+            help="Tissue mask volume (nonzero = compute), the image's shape or coarser by whole factors: "
+            "blocks with no mask voxel are written as background without a forward pass.",
+        ),
+    ] = None,
+    skip_empty: Annotated[
+        bool,
+        typer.Option(
+            "--skip-empty/--no-skip-empty",
+            help="Write blocks whose input window holds one value (resin, a black border) as background "
+            "(probability 0) without a forward pass.",
+        ),
+    ] = True,
     backend: Annotated[
         Backend,
         typer.Option(
@@ -152,6 +168,8 @@ def predict_cmd(
         roi=roi,
         tta=tta,
         rescale=rescale,
+        skip_empty=skip_empty,
+        tissue_mask=str(tissue_mask) if tissue_mask else None,
         backend=backend.value,
         chunks=parse_ints(chunks, "--chunks"),
         block=parse_ints(block, "--block"),

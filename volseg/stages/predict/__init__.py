@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from volseg.core import preempt
 from volseg.core.progress import Progress
-from volseg.errors import IncompleteRunError, OptionError, VolsegError, VolsegWarning
+from volseg.errors import IncompleteRunError, InputError, OptionError, VolsegError, VolsegWarning
 from volseg.stages.predict.options import DTYPES, SCHEDULERS, PredictOptions
 from volseg.stages.predict.outputs import create_outputs, existing_done, finish, identity, mask_path
 from volseg.stages.predict.plan import (
@@ -113,6 +113,8 @@ class PredictResult:
     compute_seconds: float
     plan: dict[str, Any]
     errors: list[str] = field(default_factory=list)
+    #: Of the blocks written, those whose input held one value: background, no forward pass.
+    blocks_empty: int = 0
 
     @property
     def mvox_per_s(self) -> float:
@@ -121,7 +123,9 @@ class PredictResult:
 
     def summary(self) -> str:
         return (
-            f"{self.blocks_written} blocks written, {self.blocks_skipped} already done, "
+            f"{self.blocks_written} blocks written"
+            + (f" ({self.blocks_empty} empty: background, not computed)" if self.blocks_empty else "")
+            + f", {self.blocks_skipped} already done, "
             f"{self.blocks_failed} failed of {self.blocks_total}; {self.voxels / 1e6:.1f} Mvox in "
             f"{self.compute_seconds:.1f} s ({self.mvox_per_s:.2f} Mvox/s; {self.seconds:.1f} s in all) "
             f"-> {self.out} ({self.status})"
@@ -155,7 +159,10 @@ def _paths(
     mask = mask_path(outp) if options.threshold is not None else None
     model_path = checks.local_path(model, "MODEL") if isinstance(model, (str, os.PathLike)) else None
     image = checks.local_path(image, "IMAGE")
-    checks.output_not_input({"OUT": out, "mask": mask}, {"input IMAGE": image, "model": model_path})
+    inputs = {"input IMAGE": image, "model": model_path}
+    if options.tissue_mask:
+        inputs["--mask"] = checks.local_path(options.tissue_mask, "--mask")
+    checks.output_not_input({"OUT": out, "mask": mask}, inputs)
     return outp, mask, image
 
 
@@ -201,6 +208,8 @@ def _plan(
     outp, mask, image_path = _paths(model, image, out, options)
     info, module = model_info(model)
     source = _open_image(image_path)
+    if options.tissue_mask:
+        _check_tissue_mask(options.tissue_mask, source.shape)
     sizes = check_tile_halo(options, info, DEFAULT_EDGE)
     roi = resolve_roi(options.roi, source.shape)
     fit = image_for_model(
@@ -229,6 +238,24 @@ def _plan(
     }
     plan = make_plan(options, info, names, source.shape, layout, ident, done, fit.warnings)
     return plan, info, module, source
+
+
+def _check_tissue_mask(path: str, image_shape: tuple[int, ...]) -> None:
+    """The ``--mask`` volume: complete, and the image's shape or coarser by a whole factor per axis."""
+    from volseg.storage import conventions
+
+    mask = open_volume(path)  # InputError: missing / not a volume
+    conventions.require_complete(mask, "--mask")
+    fix = "pass a mask of the image's shape or a level of its pyramid (coarser by whole factors)"
+    if len(mask.shape) != len(image_shape):
+        raise InputError(f"--mask {path}: {len(mask.shape)}-D, the image is {len(image_shape)}-D; {fix}")
+    for i, m in zip(image_shape, mask.shape, strict=True):
+        f = max(1, round(i / m))
+        if -(-i // f) != m:
+            raise InputError(
+                f"--mask {path}: shape {' x '.join(map(str, mask.shape))} does not map onto the image's "
+                f"{' x '.join(map(str, image_shape))} by whole factors; {fix}"
+            )
 
 
 def _as_resumed(options: PredictOptions, out: Path, mask: Path | None) -> PredictOptions:
@@ -366,6 +393,7 @@ def _report(plan: Plan, results: list[BlockStatus], seconds: float, compute_seco
         blocks_skipped=plan.blocks_done,
         blocks_written=len(results) - len(failed) - len(stopped),
         blocks_failed=len(failed),
+        blocks_empty=sum(r.empty for r in results if not r.error),
         voxels=sum(r.voxels for r in results if not r.error),
         seconds=seconds,
         compute_seconds=compute_seconds,

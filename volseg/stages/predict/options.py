@@ -81,6 +81,16 @@ class PredictOptions:
         training images', mapping its values onto the training range: for an image of another
         dtype or brightness than the model was trained on (otherwise refused, see
         :func:`volseg.nn.intensity.image_for_model`).
+    skip_empty
+        Blocks whose whole input window (with its halo and z context) holds a single value (empty resin,
+        a black border) are not computed: their output is the background, probability 0 (0 in the mask),
+        recorded as done and counted in the result; every other block is computed as without it, bit for
+        bit. ``False`` computes them too.
+    tissue_mask
+        A mask volume (``--mask``; nonzero = compute), of the image's shape or coarser by whole factors
+        per axis (e.g. a level of its pyramid): a block with no nonzero mask voxel over its region is
+        written as background without a forward pass; every other block is computed whole, as without
+        the mask.
     backend
         ``auto`` (default), ``torch``, ``openvino`` or ``onnxruntime``: the runtime of the forward pass on
         the CPU (optional extras, :mod:`volseg.nn.backends`); outputs equal torch's within about 1e-7.
@@ -110,6 +120,8 @@ class PredictOptions:
     channel: int | None = None
     rescale: bool = False
     backend: str = "auto"
+    skip_empty: bool = True
+    tissue_mask: str | None = None
 
     def __post_init__(self) -> None:
         _check_choices(self)

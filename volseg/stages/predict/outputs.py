@@ -52,7 +52,10 @@ def identity(info: ModelInfo, source: Volume, layout: Layout, options: PredictOp
         "activation": options.activation,
         "channel": options.channel,
         "rescale": options.rescale,
+        "skip_empty": options.skip_empty,
     }
+    if options.tissue_mask:  # absent without one, as in earlier outputs
+        ident["tissue_mask"] = str(Path(options.tissue_mask).resolve())
     if layout.backend != "torch":  # absent for torch, as in the outputs of earlier versions
         ident["backend"] = layout.backend
     return json_ready(ident)

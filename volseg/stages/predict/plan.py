@@ -115,6 +115,11 @@ class Job:
     backend: str = "torch"
     #: Forward passes one at a time in the process (on all its threads), the other tasks reading and writing.
     serial: bool = False
+    #: A block whose input window holds one value is written as background without a forward pass.
+    skip_empty: bool = False
+    #: The tissue mask (nonzero = compute) and the image voxels per mask voxel along (z, y, x).
+    tissue_mask: str | None = None
+    mask_factors: tuple[int, int, int] = (1, 1, 1)
 
 
 @dataclass(frozen=True)

@@ -218,6 +218,8 @@ class BlockStatus:
     bad_input: bool = False
     #: Not started: a stop was requested (SIGTERM / SIGUSR1, :mod:`volseg.core.preempt`).
     stopped: bool = False
+    #: Its input window held one value: written as background, no forward pass (``Job.skip_empty``).
+    empty: bool = False
 
 
 def failure(
@@ -280,14 +282,17 @@ def predict_block(
     block: tiling.Block,
     array: zarr.Array | np.ndarray,
     infer: InferOptions | None = None,
+    *,
+    window: tuple[np.ndarray, tuple[int, int], Margins] | None = None,
 ) -> np.ndarray:
     """float32 ``(Z, Y, X)`` probabilities of one block (pure given the input array).
 
-    ``infer``: the inference options (default ``job.infer``), with this worker's device.
+    ``infer``: the inference options (default ``job.infer``), with this worker's device; ``window``: the
+    block's input as :func:`read_window` returns it, when already read.
     """
     from volseg.nn.inference import infer_padded
 
-    padded, (cy, cx), margins = read_window(array, job, block)
+    padded, (cy, cx), margins = window if window is not None else read_window(array, job, block)
     with _FORWARD_LOCK if job.serial else contextlib.nullcontext():
         probs = infer_padded(model, padded, job.halo, infer or job.infer, job.normalization, margins)
     if probs.ndim == 4:
@@ -312,6 +317,24 @@ def _writers() -> Any:
             n = max(1, min(WRITE_THREADS, available_cores()))
             _WRITERS.append(ThreadPoolExecutor(n, thread_name_prefix="volseg-write"))
         return _WRITERS[0]
+
+
+def _in_mask(job: Job, block: tiling.Block) -> bool:
+    """Whether the tissue mask has a nonzero voxel over the block's output region."""
+    mask = _volume(str(job.tissue_mask), "r", job.run_id)
+    region = tuple(
+        slice((start + s.start) // f, -(-(start + s.stop) // f))
+        for s, start, f in zip(block.out, job.roi_start, job.mask_factors, strict=True)
+    )
+    return bool(np.asarray(mask.array[region]).any())
+
+
+def is_constant(window: np.ndarray) -> bool:
+    """Whether ``window`` holds a single value (NaNs count as different from everything)."""
+    if window.size == 0:
+        return True
+    first = window.reshape(-1)[0]
+    return bool(np.all(window == first))
 
 
 def _write_chunks(job: Job, block: tiling.Block, probs: np.ndarray) -> int:
@@ -363,9 +386,19 @@ def run_block(job: Job, block: tiling.Block) -> BlockStatus:
         try:
             model, infer = _worker_model(job)
             source = _volume(job.image, "r", job.run_id)
-            probs = predict_block(model, job, block, source.array, infer)
+            if job.tissue_mask and not _in_mask(job, block):  # outside the tissue: background
+                probs = np.zeros(block.shape, np.float32)
+                written = _write_chunks(job, block, probs)
+                return BlockStatus(block.index, block.size, written, time.perf_counter() - start, empty=True)
+            window = read_window(source.array, job, block)
+            empty = job.skip_empty and is_constant(window[0])  # resin, a black border: no forward pass
+            if empty:
+                probs = np.zeros(block.shape, np.float32)  # the background: probability 0
+            else:
+                probs = predict_block(model, job, block, source.array, infer, window=window)
             written = _write_chunks(job, block, probs)
-            return BlockStatus(block.index, block.size, written, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            return BlockStatus(block.index, block.size, written, seconds, empty=empty)
         except Exception as exc:
             if not job.catch:
                 raise
