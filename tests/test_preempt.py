@@ -122,3 +122,22 @@ def test_segment_stops_records_and_resumes_to_the_same_labels(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     segment(src, tmp_path / "ref.zarr", scheduler="synchronous")
     np.testing.assert_array_equal(open_volume(out).array[:], open_volume(tmp_path / "ref.zarr").array[:])
+
+
+def test_predict_on_a_local_cluster_cancels_the_pending_blocks_and_resumes(tmp_path):
+    from volseg.stages.predict import predict
+
+    image = write_volume(tmp_path / "img.zarr", em_like((16, 128, 128), seed=2), (1, 64, 64))
+    model = unet_file(tmp_path / "m.pt", base=8, depth=3)
+    out = tmp_path / "p.zarr"
+    opts = ("--block", "1,64,64", "--no-progress", "--device", "cpu", "--backend", "torch")
+    cmd = volseg("predict", model, image, out, "--workers", "2", *opts)
+    code, err = signal_when_done(cmd, out, 2, signal.SIGTERM)
+    assert code == PREEMPTED_EXIT, err
+    one_line(err, "stopped by SIGTERM", "not started", "rerun the same command")
+    vol = open_volume(out)
+    assert vol.meta["status"] == "incomplete" and 0 < len(vol.done_blocks()) < vol.n_blocks
+    resumed = subprocess.run(cmd, capture_output=True, text=True, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr
+    predict(model, image, tmp_path / "ref.zarr", block=(1, 64, 64), device="cpu", backend="torch")
+    np.testing.assert_array_equal(open_volume(out).array[:], open_volume(tmp_path / "ref.zarr").array[:])

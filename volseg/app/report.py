@@ -43,6 +43,10 @@ def print_info(data: dict[str, Any]) -> None:
         ),
         ("sections done", f"{comp['sections_done']} / {comp['sections_total']}"),
     ]
+    if comp.get("parts"):  # a prediction written by --part K/N jobs
+        rows.append(
+            ("parts", ", ".join(f"{p['part']}: {p['blocks_done']}/{p['blocks']}" for p in comp["parts"]))
+        )
     if comp.get("chunks_missing"):
         rows.append(
             (

@@ -542,6 +542,24 @@ def _stored_bytes(path: Path) -> int:
     return total
 
 
+def _part_completion(vol: Volume) -> dict[str, Any]:
+    """For a prediction written in ``--part K/N`` jobs: the done and total blocks of each part."""
+    from volseg.core import tiling
+
+    record = vol.meta.get("predict") or {}
+    parts, cpb = record.get("parts"), (record.get("settings") or {}).get("chunks_per_block")
+    if not parts or not cpb:
+        return {}
+    n, done = int(parts), vol.done_blocks()
+    counts = [[0, 0] for _ in range(n)]
+    for i, block in enumerate(tiling.blocks(vol.shape, vol.block_shape, tuple(cpb))):
+        finished = all(c in done for c in block.chunk_ids)
+        counts[i % n][0] += finished
+        counts[i % n][1] += 1
+    rows = [{"part": f"{k + 1}/{n}", "blocks_done": d, "blocks": t} for k, (d, t) in enumerate(counts)]
+    return {"parts": rows}
+
+
 def volume_info(path: str | os.PathLike) -> dict[str, Any]:
     """Everything ``volseg info`` shows, as a JSON-ready dict."""
     vol = open_volume(path)
@@ -562,7 +580,7 @@ def volume_info(path: str | os.PathLike) -> dict[str, Any]:
         "voxel_size": list(vol.voxel_size),
         "unit": vol.unit,
         "levels": vol.levels,
-        "completion": vol.completion(),
+        "completion": {**vol.completion(), **_part_completion(vol)},
         "provenance": meta.get("provenance", {}),
         "attributes": {k: v for k, v in meta.items() if k not in {"provenance"}},
     }

@@ -93,6 +93,13 @@ def predict_cmd(
             "blocks with no mask voxel are written as background without a forward pass.",
         ),
     ] = None,
+    part: Annotated[
+        str | None,
+        typer.Option(
+            help="K/N: compute the K-th of N fixed shares of the blocks (a job array of N independent jobs, "
+            "K = 1..N, the same options in each); whichever finishes last marks the output complete.",
+        ),
+    ] = None,
     skip_empty: Annotated[
         bool,
         typer.Option(
@@ -169,6 +176,7 @@ def predict_cmd(
         tta=tta,
         rescale=rescale,
         skip_empty=skip_empty,
+        part=part,
         tissue_mask=str(tissue_mask) if tissue_mask else None,
         backend=backend.value,
         chunks=parse_ints(chunks, "--chunks"),

@@ -91,6 +91,11 @@ class PredictOptions:
         per axis (e.g. a level of its pyramid): a block with no nonzero mask voxel over its region is
         written as background without a forward pass; every other block is computed whole, as without
         the mask.
+    part
+        ``"K/N"`` (``--part``): this job computes the K-th of N fixed shares of the blocks (K = 1 .. N;
+        block i of the plan belongs to part ``i % N + 1``), so that N independent jobs (a job array)
+        together write exactly the output of one run; whichever finishes last marks it complete. Every
+        part must be given the same options and N.
     backend
         ``auto`` (default), ``torch``, ``openvino`` or ``onnxruntime``: the runtime of the forward pass on
         the CPU (optional extras, :mod:`volseg.nn.backends`); outputs equal torch's within about 1e-7.
@@ -122,11 +127,27 @@ class PredictOptions:
     backend: str = "auto"
     skip_empty: bool = True
     tissue_mask: str | None = None
+    part: str | None = None
 
     def __post_init__(self) -> None:
         _check_choices(self)
         _check_sizes(self)
         _check_scheduler(self)
+        _ = self.part_of
+
+    @property
+    def part_of(self) -> tuple[int, int] | None:
+        """``(K, N)`` of ``part``, checked; ``None`` without it."""
+        if self.part is None:
+            return None
+        k, sep, n = str(self.part).partition("/")
+        try:
+            kn = int(k), int(n)
+        except ValueError:
+            kn = (0, 0)
+        if not sep or not 1 <= kn[0] <= kn[1]:
+            raise OptionError(f"--part {self.part!r}: write K/N with 1 <= K <= N, e.g. --part 3/8")
+        return kn
 
     @property
     def cluster(self) -> bool:

@@ -8,12 +8,15 @@ again. A rerun with another identity, or an output that predict did not write, i
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from volseg.errors import InputError, OutputError
+from volseg.errors import InputError, OptionError, OutputError
 from volseg.stages.predict.options import PredictOptions
 from volseg.stages.predict.plan import Layout, ModelInfo, Plan
 from volseg.storage.conventions import Convention
@@ -123,6 +126,7 @@ def _metadata(plan: Plan, info: ModelInfo) -> dict[str, Any]:
             "settings": plan.settings,
             "model": {"checksum": info.key, "path": info.path, "config": info.config, **info.meta},
             "roi": [list(r) for r in plan.roi],
+            **({"parts": plan.settings["part"].split("/")[1]} if plan.settings.get("part") else {}),
         },
         "values": values,
     }
@@ -143,22 +147,73 @@ def create_outputs(plan: Plan, info: ModelInfo, source: Volume, options: Predict
         mask_extra = {k: v for k, v in extra.items() if k != "convention"}  # 0 / 1, not probabilities
         mask_extra["values"] = {"dtype": "uint8", "meaning": f"probability >= {options.threshold}"}
         targets.append((Path(plan.mask), "uint8", "mask", mask_extra))
+    parts = options.part_of[1] if options.part_of else None
     for path, dtype, kind, meta in targets:
-        if not options.overwrite and path.exists() and (path / "zarr.json").exists():
-            continue  # an identical run's output (checked in existing_done): resume it
-        vol = create_volume(
-            path,
-            plan.out_shape,
-            dtype,
-            plan.chunks,
-            voxel_size=source.voxel_size,
-            unit=source.unit,
-            kind=kind,
-            overwrite=True,
-            provenance_block=prov,
-            extra=meta,
+        with _creating(path):  # the jobs of a job array start at once: one creates, the others wait
+            if not options.overwrite and path.exists() and (path / "zarr.json").exists():
+                _check_parts(_check_identity(path, plan.identity), parts)  # made meanwhile by another job?
+                continue  # an identical run's output: resume it
+            _create(plan, source, path, dtype, kind, meta, prov)
+
+
+def _create(
+    plan: Plan, source: Volume, path: Path, dtype: str, kind: str, meta: dict[str, Any], prov: Any
+) -> None:
+    vol = create_volume(
+        path,
+        plan.out_shape,
+        dtype,
+        plan.chunks,
+        voxel_size=source.voxel_size,
+        unit=source.unit,
+        kind=kind,
+        overwrite=True,
+        provenance_block=prov,
+        extra=meta,
+    )
+    add_translation(vol, [a for a, _ in plan.roi], source.voxel_size)
+
+
+#: A lock older than this (s) is a crashed job's: removed.
+STALE_LOCK_S = 300.0
+
+
+@contextlib.contextmanager
+def _creating(path: Path, timeout: float = 120.0) -> Iterator[None]:
+    """Hold ``<path>.creating`` (made with O_EXCL) while an output is checked or created."""
+    from volseg.storage.paths import make_folder
+
+    make_folder(path.parent, path)  # one OutputError line where it cannot be made
+    lock = path.with_name(path.name + ".creating")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            break
+        except FileExistsError:
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+                    lock.unlink()
+                    continue
+            if time.monotonic() > deadline:
+                raise OutputError(
+                    f"{path}: another job has been creating it for {timeout:.0f} s ({lock}); if no other job "
+                    "is running, remove that file and rerun"
+                ) from None
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _check_parts(vol: Volume, parts: int | None) -> None:
+    """Refuse a ``--part K/N`` job whose N differs from the one the output is being written in."""
+    recorded = (vol.meta.get("predict") or {}).get("parts")
+    if parts is not None and recorded is not None and int(recorded) != parts:
+        raise OptionError(
+            f"--part .../{parts}: {vol.path} is being written in {recorded} parts; use --part K/{recorded}"
         )
-        add_translation(vol, [a for a, _ in plan.roi], source.voxel_size)
 
 
 def add_translation(vol: Volume, start: Sequence[int], voxel_size: Sequence[float]) -> None:

@@ -589,6 +589,13 @@ def notes(info: ModelInfo, out_shape: Sequence[int], block: Sequence[int], tile:
     return []
 
 
+def _part_note(options: PredictOptions, share: int) -> list[str]:
+    if options.part_of is None:
+        return []
+    k, n = options.part_of
+    return [f"part {k} of {n}: {share} blocks (every {n}th from block {k - 1}); the other parts do the rest"]
+
+
 def make_plan(
     options: PredictOptions,
     info: ModelInfo,
@@ -605,6 +612,9 @@ def make_plan(
     """
     lay = layout
     all_blocks = list(tiling.blocks(lay.out_shape, lay.chunks, lay.chunks_per_block))
+    if options.part_of is not None:  # a fixed share: block i belongs to part i % N + 1
+        k, n = options.part_of
+        all_blocks = [b for i, b in enumerate(all_blocks) if i % n == k - 1]
     pending = [b for b in all_blocks if not all(c in done for c in b.chunk_ids)]
     sched, parallel, threads = parallelism(options, len(pending))
     serial = lay.streams == 1 and parallel > 1 and sched == "threads"
@@ -643,6 +653,6 @@ def make_plan(
         identity=identity,
         settings=settings(options, lay),
         pending=pending,
-        notes=notes(info, lay.out_shape, lay.block_shape, lay.tile),
+        notes=notes(info, lay.out_shape, lay.block_shape, lay.tile) + _part_note(options, len(all_blocks)),
         warnings=list(warnings),
     )
