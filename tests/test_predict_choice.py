@@ -111,6 +111,11 @@ def test_the_memory_limit_leaves_out_tiles_that_do_not_fit():
     assert lay.tile == Candidate.parse(lay.choice["chosen"]).tile
 
 
+def test_a_part_job_never_chooses_so_that_all_parts_agree():
+    lay = layout((8, 4096, 4096), AVX2, part="2/4")
+    assert (lay.backend, lay.tile, lay.streams, lay.choice["source"]) == ("torch", 1024, 2, "default")
+
+
 def test_without_speeds_the_static_default_is_kept():
     lay = layout((8, 4096, 4096), None)
     assert (lay.backend, lay.tile, lay.streams, lay.choice["source"]) == ("torch", 1024, 2, "default")

@@ -468,7 +468,7 @@ def lay_out(
         options, info, out_shape, chunks, tile, halo, precision, itemsize, parallel, device
     )
     streams = 1 if backend != "torch" else parallel
-    source = "given" if not open_ else "default"
+    source = "given" if options.tile is not None and options.backend != "auto" else "default"
     return Layout(
         roi, out_shape, chunks, cpb, plan_tile, halo, edge, batch, device, precision, mem,  # type: ignore[arg-type]
         backend, streams, {"source": source},
@@ -476,9 +476,14 @@ def lay_out(
 
 
 def choices_open(options: PredictOptions, device: str) -> bool:
-    """Whether predict may choose the tile or the backend: one of them left open, on this machine's CPU."""
+    """Whether predict may choose the tile or the backend: one of them left open, on this machine's CPU.
+
+    Never for a ``--part`` job: the parts of one output may run on machines that would choose differently,
+    and they must all compute with one tile and runtime (the static default, or what is given).
+    """
     local = (options.scheduler or "threads") == "threads" and not options.workers
-    return local and device == "cpu" and (options.tile is None or options.backend == "auto")
+    open_ = options.tile is None or options.backend == "auto"
+    return local and device == "cpu" and open_ and options.part is None
 
 
 def choose(
