@@ -435,8 +435,7 @@ def ceiling(model_file: Path, seconds: float) -> dict[str, float]:
 
     net = load_model(model_file)
     precision = resolve_precision("cpu", "auto")
-    backends = [b for b in sp.installed_backends() if b == "torch" or precision == "fp32"]
-    found = sp.probe(net, sp.candidates(backends), int(net.halo), precision, seconds)
+    found = sp.probe(net, sp.candidates(sp.usable_backends(precision)), int(net.halo), precision, seconds)
     return {c.label: round(v, 4) for c, v in found.items()}
 
 

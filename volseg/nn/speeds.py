@@ -48,6 +48,7 @@ __all__ = [
     "cached_speeds",
     "candidates",
     "installed_backends",
+    "usable_backends",
     "probe",
     "speed_key",
     "store_speeds",
@@ -80,16 +81,17 @@ class Candidate:
         backend, tile, streams = label.split("/")
         return cls(backend, int(tile), int(streams))
 
-    def describe(self, cores: int) -> str:
-        threads = max(1, cores // self.streams)
-        return f"{self.backend}, tile {self.tile}, {self.streams} forward(s) at once x {threads} thread(s)"
-
 
 def installed_backends() -> list[str]:
     """``torch`` and the optional CPU runtimes whose packages are installed here."""
     from volseg.nn.backends import BACKENDS, installed
 
     return [b for b in BACKENDS if installed(b)]
+
+
+def usable_backends(precision: str) -> list[str]:
+    """The installed backends a run of ``precision`` may use: the others run fp32 only."""
+    return [b for b in installed_backends() if b == "torch" or precision == "fp32"]
 
 
 def candidates(

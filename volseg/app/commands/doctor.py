@@ -80,8 +80,7 @@ def tune(model: str | None = None, seconds: float = 1.0) -> dict[str, Any]:
 
     info, net = model_info(model) if model else model_info(UNet(UNetConfig()))
     precision = resolve_precision("cpu", "auto")
-    backends = [b for b in sp.installed_backends() if b == "torch" or precision == "fp32"]
-    wanted = sp.candidates(backends)
+    wanted = sp.candidates(sp.usable_backends(precision))
     speeds = sp.probe(net, wanted, info.halo, precision, seconds)
     key = sp.speed_key(info.config, precision)
     path = sp.store_speeds(key, speeds, {"model": info.path, "architecture": info.config})

@@ -208,8 +208,7 @@ def _plan(
     outp, mask, image_path = _paths(model, image, out, options)
     info, module = model_info(model)
     source = _open_image(image_path)
-    if options.tissue_mask:
-        _check_tissue_mask(options.tissue_mask, source.shape)
+    factors = _check_tissue_mask(options.tissue_mask, source.shape) if options.tissue_mask else (1, 1, 1)
     sizes = check_tile_halo(options, info, DEFAULT_EDGE)
     roi = resolve_roi(options.roi, source.shape)
     fit = image_for_model(
@@ -237,11 +236,13 @@ def _plan(
         "mask": str(mask) if mask else None,
     }
     plan = make_plan(options, info, names, source.shape, layout, ident, done, fit.warnings)
+    plan = replace(plan, mask_factors=factors)
     return plan, info, module, source
 
 
-def _check_tissue_mask(path: str, image_shape: tuple[int, ...]) -> None:
-    """The ``--mask`` volume: complete, and the image's shape or coarser by a whole factor per axis."""
+def _check_tissue_mask(path: str, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """The ``--mask`` volume checked (complete, the image's shape or coarser by a whole factor per axis);
+    the image voxels per mask voxel along (z, y, x)."""
     from volseg.storage import conventions
 
     mask = open_volume(path)  # InputError: missing / not a volume
@@ -249,13 +250,13 @@ def _check_tissue_mask(path: str, image_shape: tuple[int, ...]) -> None:
     fix = "pass a mask of the image's shape or a level of its pyramid (coarser by whole factors)"
     if len(mask.shape) != len(image_shape):
         raise InputError(f"--mask {path}: {len(mask.shape)}-D, the image is {len(image_shape)}-D; {fix}")
-    for i, m in zip(image_shape, mask.shape, strict=True):
-        f = max(1, round(i / m))
-        if -(-i // f) != m:
-            raise InputError(
-                f"--mask {path}: shape {' x '.join(map(str, mask.shape))} does not map onto the image's "
-                f"{' x '.join(map(str, image_shape))} by whole factors; {fix}"
-            )
+    factors = tuple(max(1, round(i / m)) for i, m in zip(image_shape, mask.shape, strict=True))
+    if any(-(-i // f) != m for i, f, m in zip(image_shape, factors, mask.shape, strict=True)):
+        raise InputError(
+            f"--mask {path}: shape {' x '.join(map(str, mask.shape))} does not map onto the image's "
+            f"{' x '.join(map(str, image_shape))} by whole factors; {fix}"
+        )
+    return factors  # type: ignore[return-value]
 
 
 def _as_resumed(options: PredictOptions, out: Path, mask: Path | None) -> PredictOptions:
@@ -298,9 +299,7 @@ def _speeds(
 
     if not choices_open(options, device):
         return None, "default"
-    backends = [b for b in sp.installed_backends() if b == "torch" or precision == "fp32"]
-    if options.backend != "auto":
-        backends = [options.backend]
+    backends = sp.usable_backends(precision) if options.backend == "auto" else [options.backend]
     tiles = sp.TILES if options.tile is None else (options.tile,)
     wanted = sp.candidates(backends, tiles)
     key = sp.speed_key(info.config, precision)

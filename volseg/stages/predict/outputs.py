@@ -126,7 +126,7 @@ def _metadata(plan: Plan, info: ModelInfo) -> dict[str, Any]:
             "settings": plan.settings,
             "model": {"checksum": info.key, "path": info.path, "config": info.config, **info.meta},
             "roi": [list(r) for r in plan.roi],
-            **({"parts": plan.settings["part"].split("/")[1]} if plan.settings.get("part") else {}),
+            **({"parts": int(plan.settings["part"].split("/")[1])} if plan.settings.get("part") else {}),
         },
         "values": values,
     }

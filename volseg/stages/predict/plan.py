@@ -188,6 +188,8 @@ class Plan(Layout):
     #: Seconds the pending blocks' forward passes take here, from a short probe (``--dry-run``).
     estimate_seconds: float | None = None
     probe: dict[str, Any] | None = None
+    #: Image voxels per voxel of the tissue mask (``--mask``) along (z, y, x).
+    mask_factors: tuple[int, int, int] = (1, 1, 1)
 
     def describe(self) -> list[str]:
         """The plan in a few lines (``--dry-run``)."""

@@ -115,20 +115,8 @@ def make_job(
         serial=plan.serial,
         skip_empty=options.skip_empty,
         tissue_mask=options.tissue_mask,
-        mask_factors=_factors(options, plan),
+        mask_factors=plan.mask_factors,
     )
-
-
-def _factors(options: PredictOptions, plan: Plan) -> tuple[int, int, int]:
-    return mask_factors(options.tissue_mask, plan.source_shape) if options.tissue_mask else (1, 1, 1)
-
-
-def mask_factors(mask: str, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """Image voxels per voxel of the tissue mask along (z, y, x) (checked by the plan)."""
-    from volseg.storage.volumes import open_volume
-
-    shape = open_volume(mask).shape
-    return tuple(max(1, round(i / m)) for i, m in zip(image_shape, shape, strict=True))  # type: ignore[return-value]
 
 
 def tasks(job: Job, blocks: list[tiling.Block]) -> list[Delayed]:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from volseg.core import tiling
+from volseg.core import preempt, tiling
 from volseg.errors import ModelError, VolsegError
 from volseg.stages.predict.plan import Job, ModelInfo
 from volseg.storage.conventions import Convention, from_probability, legacy_convention
@@ -377,8 +377,6 @@ def run_block(job: Job, block: tiling.Block) -> BlockStatus:
     then returned as an error status, so that the other blocks go on; without it (a
     distributed cluster) the exception propagates and dask's own retries apply.
     """
-    from volseg.core import preempt
-
     if preempt.requested():  # a batch system's notice: no new block; those in flight finish and record
         return BlockStatus(block.index, 0, 0, 0.0, stopped=True)
     start = time.perf_counter()
@@ -386,14 +384,13 @@ def run_block(job: Job, block: tiling.Block) -> BlockStatus:
         try:
             model, infer = _worker_model(job)
             source = _volume(job.image, "r", job.run_id)
-            if job.tissue_mask and not _in_mask(job, block):  # outside the tissue: background
+            window = None
+            empty = bool(job.tissue_mask) and not _in_mask(job, block)  # outside the tissue
+            if not empty:
+                window = read_window(source.array, job, block)
+                empty = job.skip_empty and is_constant(window[0])  # resin, a black border
+            if empty:  # the background, probability 0, without a forward pass
                 probs = np.zeros(block.shape, np.float32)
-                written = _write_chunks(job, block, probs)
-                return BlockStatus(block.index, block.size, written, time.perf_counter() - start, empty=True)
-            window = read_window(source.array, job, block)
-            empty = job.skip_empty and is_constant(window[0])  # resin, a black border: no forward pass
-            if empty:
-                probs = np.zeros(block.shape, np.float32)  # the background: probability 0
             else:
                 probs = predict_block(model, job, block, source.array, infer, window=window)
             written = _write_chunks(job, block, probs)
