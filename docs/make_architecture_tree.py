@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "architecture.md"
 BEGIN, END = "<!-- tree:begin", "<!-- tree:end -->"
-ORDER = ("errors.py", "version.py", "core", "storage", "nn", "stages", "app")
+ORDER = ("errors.py", "version.py", "core", "cluster.py", "storage", "nn", "stages", "app")
 
 
 def _summary(path: Path) -> str:

@@ -248,20 +248,27 @@ def test_codec_levels_are_checked(tmp_path, codec):
 
 
 # ------------------------------------------------------------------------- 12. URLs
-def test_urls_are_refused_not_taken_as_folders(em, tmp_path, monkeypatch):
+def test_urls_are_never_taken_as_folders(em, tmp_path, monkeypatch):
+    """Volumes may be URLs (tests/test_storage.py); what must be local says so; no folder "s3:" appears."""
     monkeypatch.chdir(tmp_path)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     tif = tmp_path / "s.tif"
     tifffile.imwrite(tif, np.zeros((2, 16, 16), np.uint8))
-    for args in (
-        ("convert", tif, "s3://bucket/img.zarr"),
-        ("convert", "https://example.org/s.tif", "v.zarr"),
-        ("predict", em["model"], "s3://bucket/img.zarr", "s3://bucket/p.zarr"),
-        ("info", "gs://bucket/img.zarr"),
-        ("evaluate", "memory://p.zarr", em["image"], "--json=s3://b/r.json"),
+    for args, needle in (
+        (("convert", tif, "s3://bucket/img.zarr"), "no credentials"),
+        (("convert", "https://example.org/s.tif", "v.zarr"), "must be a local path"),
+        (("predict", em["model"], "memory://nowhere/img.zarr", "memory://b/p.zarr"), "no such volume"),
+        (("--endpoint-url", "http://127.0.0.1:9", "info", "s3://bucket/img.zarr"), "cannot reach"),
+        (("evaluate", em["image"], em["image"], "--json=s3://b/r.json"), "must be a local path"),
+        (("predict", em["model"], em["image"], "ftp://host/p.zarr"), "does not read ftp://"),
+        (("predict", em["model"], em["image"], "https://host/p.zarr"), "read only"),
     ):
-        one_line_error(cli(*args), "is a URL", "not supported yet")
+        one_line_error(cli(*args), needle)
     assert sorted(os.listdir(tmp_path)) == ["s.tif"]  # no folder "s3:" or "https:" appeared
-    with pytest.raises(InputError, match="is a URL"):
+    with pytest.raises(InputError, match="no credentials"):
         volseg.convert(tif, "s3://bucket/img.zarr")
     with pytest.raises(InputError, match="is a URL"):
         volseg.open_volume(Path("s3://bucket/img.zarr"))  # what pathlib leaves of a URL: s3:/bucket

@@ -20,7 +20,11 @@ import volseg
 
 ROOT = Path(volseg.__file__).parent
 #: Bottom (0) to top; ``volseg/__init__.py`` (the public API) and ``__main__`` may import anything.
-LAYERS = {"errors": 0, "version": 0, "core": 1, "storage": 2, "nn": 3, "stages": 4, "app": 5, "": 6}
+#: ``cluster`` (dask clusters from a TOML file) sits beside ``core``: both stages use it, it needs neither
+#: storage nor torch.
+LAYERS = {
+    "errors": 0, "version": 0, "core": 1, "cluster": 1, "storage": 2, "nn": 3, "stages": 4, "app": 5, "": 6
+}  # fmt: skip
 
 
 def module_name(path: Path, root: Path) -> str:

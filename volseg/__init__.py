@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name load
     from volseg.stages.segment import segment
     from volseg.stages.synth import synth
     from volseg.stages.train import train
+    from volseg.storage.locations import configure_storage
     from volseg.storage.volumes import create_volume, open_volume, volume_info
 
 # Public name -> the module that defines it, in the order of the data flow.
@@ -45,6 +46,7 @@ _NAMES = {
     "open_volume": "volseg.storage.volumes",
     "create_volume": "volseg.storage.volumes",
     "volume_info": "volseg.storage.volumes",
+    "configure_storage": "volseg.storage.locations",
     "load_model": "volseg.nn.modelfile",
     "VolsegError": "volseg.errors",
 }
@@ -62,6 +64,7 @@ __all__ = [
     "open_volume",
     "create_volume",
     "volume_info",
+    "configure_storage",
     "load_model",
     "VolsegError",
 ]

@@ -38,8 +38,7 @@ COMMAND_ORDER = (
 class _Group(TyperGroup):
     """The command group: one line for every error, also for those click finds while parsing.
 
-    Before parsing, URL arguments are refused (typer would turn ``s3://b/x`` into the local
-    folder ``s3:/b/x``). Click's usage errors (a missing argument, an option that is not an
+    Click's usage errors (a missing argument, an option that is not an
     integer, an unknown option) are printed as one line naming the option, with exit code 2,
     like volseg's own errors, instead of a usage box.
     """
@@ -59,10 +58,8 @@ class _Group(TyperGroup):
     ) -> Any:
         args = list(sys.argv[1:] if args is None else args)
         if not standalone_mode:
-            refuse_urls(args)
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            refuse_urls(args)
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except VolsegError as exc:
             if _STATE["debug"]:
@@ -113,8 +110,34 @@ def _root(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
     ] = False,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            envvar="VOLSEG_STORAGE",
+            help="A TOML file of object-storage options, a table per protocol ([s3] endpoint_url, profile, "
+            "anon, ...); see docs/storage.md.",
+            show_default=False,
+        ),
+    ] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The S3 endpoint of s3:// URLs (MinIO, Ceph, ...), e.g. http://127.0.0.1:9000.",
+            show_default=False,
+        ),
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="The credentials profile of s3:// URLs (~/.aws).", show_default=False)
+    ] = None,
+    anon: Annotated[
+        bool, typer.Option("--anon", help="Read s3:// URLs without credentials (public buckets).")
+    ] = False,
 ) -> None:
+    from volseg.storage.locations import configure
+
     _STATE["debug"] = debug
+    configure(file=storage, endpoint_url=endpoint_url, profile=profile, anon=anon or None)
 
 
 def one_line(exc: VolsegError) -> str:
@@ -189,28 +212,3 @@ def warnings_as_lines() -> Iterator[None]:
         warnings.simplefilter("always", VolsegWarning)
         warnings.showwarning = show
         yield
-
-
-#: Options whose value is rightly a URL (a dask scheduler address).
-_URL_OPTIONS = ("--scheduler",)
-
-
-def refuse_urls(args: list[str]) -> None:
-    """Refuse a path argument that is a URL, before typer turns ``s3://b/x`` into the folder ``s3:/b/x``.
-
-    Object storage is not supported yet; every argument that looks like ``scheme://...`` is
-    refused with one line, except the values of :data:`_URL_OPTIONS`.
-    """
-    from volseg.storage.paths import looks_like_url
-
-    previous = ""
-    for arg in args:
-        name, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
-        value = value if (eq or not name) else ""
-        option = name if eq else previous
-        if value and "://" in value and looks_like_url(value) and option not in _URL_OPTIONS:
-            raise OptionError(
-                f"{value}: is a URL; object storage (s3://, gs://, http://) is not supported yet, copy the "
-                "data to a local or mounted disk and pass its path"
-            )
-        previous = arg if arg.startswith("-") else ""

@@ -43,10 +43,13 @@ def print_info(data: dict[str, Any]) -> None:
         ),
         ("sections done", f"{comp['sections_done']} / {comp['sections_total']}"),
     ]
-    if comp.get("parts"):  # a prediction written by --part K/N jobs
-        rows.append(
-            ("parts", ", ".join(f"{p['part']}: {p['blocks_done']}/{p['blocks']}" for p in comp["parts"]))
-        )
+    if comp.get("parts"):  # an output written by --part K/N jobs (segment: pass 1's units, then blocks)
+
+        def share(p: dict) -> str:
+            units = f"pass 1 {p['units_done']}/{p['units']}, " if "units" in p else ""
+            return f"{p['part']}: {units}{p['blocks_done']}/{p['blocks']} blocks"
+
+        rows.append(("parts", ", ".join(share(p) for p in comp["parts"])))
     if comp.get("chunks_missing"):
         rows.append(
             (

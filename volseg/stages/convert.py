@@ -38,7 +38,8 @@ from volseg.errors import InputError, OptionError, OutputError, VolsegError
 from volseg.storage.calibration import UNITS, normalise_unit, resolve_calibration
 from volseg.storage.codecs import DEFAULT_CODEC, parse_codec, resolve_shards
 from volseg.storage.files import json_ready
-from volseg.storage.paths import local_path, output_not_input
+from volseg.storage.locations import Location
+from volseg.storage.paths import local_path, location, output_not_input
 from volseg.storage.provenance import now, provenance
 from volseg.storage.stacks import Stack, open_stack
 from volseg.storage.volumes import KINDS, Volume, create_volume, open_volume
@@ -122,7 +123,7 @@ class ConvertResult:
     """
 
     volume: Volume = field(repr=False, compare=False)
-    path: Path
+    path: Path | Location
     shape: tuple[int, ...]
     dtype: str
     chunks: tuple[int, ...]
@@ -225,11 +226,11 @@ def convert(
 
 def _checked_paths(
     src: str | os.PathLike, out: str | os.PathLike, kind: str, overwrite: bool, resume: bool
-) -> Path:
-    """The checks that need no source: the flags, local paths, the kind name."""
+) -> Path | Location:
+    """The checks that need no source: the flags, the paths, the kind name."""
     if overwrite and resume:
         raise OptionError("--overwrite and --resume exclude each other: choose one")
-    out = local_path(out, "OUT")
+    out = location(out, "OUT")  # a local folder or a URL (s3://...); the TIFF sources are local files
     if isinstance(src, (str, os.PathLike)):
         local_path(src, "SRC")
     _check_kind(kind)

@@ -4,8 +4,10 @@ Each check raises a :class:`~volseg.errors.VolsegError` whose message is one lin
 names the input, says what is wrong and what to do (the CLI prints it and exits 2), and
 runs before any output exists, so a refused run leaves nothing that looks complete.
 
-- :func:`local_path`: local paths only, for now; a URL (``s3://...``) is refused instead of
-  being taken as a folder named ``s3:``.
+- :func:`local_path`: for what must be a local file (a report, a picture, a model written by
+  train); a URL (``s3://...``) is refused instead of being taken as a folder named ``s3:``.
+  Volumes may be URLs: :func:`volseg.storage.locations.location`.
+- :func:`location`: a volume's place, a local path or a URL (``s3://...``, :mod:`volseg.storage.locations`).
 - :func:`output_not_input`: an output is never an input, inside one, or above one (same path,
   symlinks, ``..`` routes and hard links included), so ``--overwrite`` can never delete an input.
 
@@ -22,12 +24,14 @@ import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from volseg.errors import InputError, OutputError
+from volseg.errors import InputError, OutputError, VolsegError
+from volseg.storage.locations import Location, check, is_url, remove_tree
 
 __all__ = [
     "make_folder",
     "prepare_output",
     "local_path",
+    "location",
     "looks_like_url",
     "output_not_input",
     "same_file",
@@ -63,9 +67,10 @@ def local_path(value: str | os.PathLike, what: str = "path") -> Path:
     """
     text = os.fsdecode(os.fspath(value))
     if looks_like_url(text):
+        text = re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]+):/(?!/)", r"\1://", text)  # what pathlib left of a URL
         raise InputError(
-            f"{text}: {what} is a URL; object storage (s3://, gs://, http://) is not supported yet, "
-            "copy the data to a local or mounted disk and pass its path"
+            f"{text}: {what} is a URL, but it must be a local path (only volumes are read and written "
+            "on object storage); pass a local file path"
         )
     if not text.strip():
         raise InputError(f"{what}: the path is empty; pass a file or folder path")
@@ -84,16 +89,43 @@ def local_path(value: str | os.PathLike, what: str = "path") -> Path:
     return Path(text)
 
 
-def same_file(a: Path, b: Path) -> bool:
-    """Both paths exist and are one file or folder (through symlinks and hard links)."""
+def location(value: str | os.PathLike | Location, what: str = "path") -> Path | Location:
+    """A volume's place: a local :class:`~pathlib.Path` (checked as :func:`local_path` does), or a
+    :class:`~volseg.storage.locations.Location` for a URL (``s3://...``); ``what`` names it in errors."""
+    if isinstance(value, Location):
+        return value
+    text = value if isinstance(value, str) else os.fsdecode(os.fspath(value))
+    if is_url(text):
+        try:
+            return Location(text)
+        except VolsegError as exc:
+            raise type(exc)(f"{what}: {exc}") from None
+    return local_path(text, what)
+
+
+def same_file(a: Path | Location, b: Path | Location) -> bool:
+    """Both paths exist and are one file or folder (through symlinks and hard links); URLs: the same URL."""
+    if isinstance(a, Location) or isinstance(b, Location):
+        return a == b
     try:
         return os.path.samefile(a, b)
     except OSError:
         return False
 
 
-def _relation(out: Path, inp: Path) -> str | None:
+def _relation(out: Path | Location, inp: Path | Location) -> str | None:
     """How output ``out`` and input ``inp`` overlap: ``"is"``, ``"inside"``, ``"contains"`` or None."""
+    if isinstance(out, Location) or isinstance(inp, Location):
+        if not (isinstance(out, Location) and isinstance(inp, Location)) or out.protocol != inp.protocol:
+            return None
+        o_key, i_key = out.key.rstrip("/"), inp.key.rstrip("/")
+        if o_key == i_key:
+            return "is"
+        if o_key.startswith(i_key + "/"):
+            return "inside"
+        if i_key.startswith(o_key + "/"):
+            return "contains"
+        return None
     o, i = out.resolve(), inp.resolve()
     if o == i or same_file(out, inp):
         return "is"
@@ -128,7 +160,7 @@ def output_not_input(outputs: _Named, inputs: _Named) -> None:
         for in_name, inp in pairs[1]:
             if inp is None:
                 continue
-            relation = _relation(Path(os.fspath(out)), Path(os.fspath(inp)))
+            relation = _relation(_as_target(out), _as_target(inp))
             if relation is None:
                 continue
             where = {
@@ -142,8 +174,33 @@ def output_not_input(outputs: _Named, inputs: _Named) -> None:
             )
 
 
-def prepare_output(path: Path, overwrite: bool) -> None:
+def _as_target(value: str | os.PathLike | Location) -> Path | Location:
+    if isinstance(value, Location) or is_url(value):
+        return value if isinstance(value, Location) else Location(str(value))
+    return Path(os.fspath(value))
+
+
+def _prepare_remote(path: Location, overwrite: bool) -> None:
+    check(path, writing=True)
+    if path.exists():
+        if not overwrite:
+            raise OutputError(
+                f"{path}: output already exists; pass --overwrite to replace it (or --resume to continue it)"
+            )
+        # --overwrite replaces volumes only: never delete objects that are not a Zarr volume.
+        if not (path / "zarr.json").is_file():
+            raise OutputError(
+                f"{path}: holds objects that are not a Zarr volume; refusing to delete them, "
+                "choose another output"
+            )
+        remove_tree(path)
+
+
+def prepare_output(path: Path | Location, overwrite: bool) -> None:
     """Make way for an output volume at ``path``: refuse what it must not replace, create its folder."""
+    if isinstance(path, Location):
+        _prepare_remote(path, overwrite)
+        return
     if path.exists():
         if not overwrite:
             raise OutputError(

@@ -64,8 +64,13 @@ def provenance(
     Each source file is recorded with its absolute path, size and modification
     time, so a later reader can tell whether the source changed since.
     """
+    from volseg.storage.locations import Location, is_url
+
     records = []
     for src in sources:
+        if isinstance(src, Location) or is_url(src):
+            records.append({"path": str(src)})  # a URL: its objects have no one size or time
+            continue
         p = Path(src)
         entry: dict[str, Any] = {"path": str(p.resolve())}
         if p.exists():

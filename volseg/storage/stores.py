@@ -21,7 +21,7 @@ class MissingChunkError(InputError):
 
 
 class CheckedStore(WrapperStore):
-    """A read-only local store on which, once ``strict``, a missing level-0 chunk is an error, not zeros.
+    """A read-only store (local or remote) on which, once ``strict``, a missing level-0 chunk is an error.
 
     volseg writes every chunk of level ``0`` (:data:`EVERY_CHUNK`), so in its volumes a chunk
     that is not there was lost (deleted, a failed copy, a damaged disk). The Zarr spec reads a
@@ -31,9 +31,11 @@ class CheckedStore(WrapperStore):
     volume's metadata is read (volumes from other writers stay lenient).
     """
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(LocalStore(str(path), read_only=True))
-        self._root, self.strict = str(path), False
+    def __init__(self, path: Path | Any, root: str | None = None) -> None:
+        # A local folder, or any zarr store (object storage: an FsspecStore) with its URL as ``root``.
+        store = LocalStore(str(path), read_only=True) if isinstance(path, (str, Path)) else path
+        super().__init__(store)
+        self._root, self.strict = str(path) if root is None else root, False
 
     def __getstate__(self) -> dict[str, Any]:
         return {"store": self._store, "root": self._root, "strict": self.strict}

@@ -9,8 +9,9 @@ Completion record
 Stages write a volume block by block (a block is a chunk, or a shard when the
 array is sharded, so that no two writers ever touch the same stored object). After
 a block's data is stored (and fsynced), an empty marker file
-``<volume>/.volseg/done/<iz>.<iy>.<ix>`` is created. A resumed run skips exactly
-the blocks with a marker; a block without one is rewritten whole. When every block
+``<volume>/.volseg/done/<iz>.<iy>.<ix>`` is created (on object storage: an empty object,
+written with one PUT after the block's chunks, see :mod:`volseg.storage.locations`). A resumed
+run skips exactly the blocks with a marker; a block without one is rewritten whole. When every block
 is done the stage sets ``volseg.status = "complete"``; until then it is
 ``"incomplete"``, so a half-written volume never looks complete.
 
@@ -39,8 +40,9 @@ import zarr
 from volseg.errors import InputError, OptionError, OutputError, VolsegError
 from volseg.storage import ome
 from volseg.storage.codecs import CODECS, DEFAULT_CODEC, codec_name, parse_codec, resolve_shards, zarr_dtype
+from volseg.storage.locations import Location
 from volseg.storage.ome import AXES, check_multiscales, ome_attrs, overlap_region
-from volseg.storage.paths import local_path, prepare_output
+from volseg.storage.paths import location, prepare_output
 from volseg.storage.provenance import now, provenance
 from volseg.storage.stores import EVERY_CHUNK, CheckedStore
 
@@ -91,12 +93,12 @@ class Volume:
     Attributes
     ----------
     path
-        The volume's folder.
+        The volume's folder (a :class:`~volseg.storage.locations.Location` on object storage).
     group
         The Zarr v3 group.
     """
 
-    path: Path
+    path: Path | Location
     group: zarr.Group
 
     # ---- arrays and metadata
@@ -200,8 +202,19 @@ class Volume:
 
     # ---- completion record
     @property
-    def _done_dir(self) -> Path:
+    def _done_dir(self) -> Path | Location:
         return self.path / DONE_DIR
+
+    @property
+    def listing_blind(self) -> bool:
+        """Read over http(s), whose servers need not list folders: the record and chunks cannot be counted,
+        so the status is taken as written (a missing chunk still fails when it is read)."""
+        return isinstance(self.path, Location) and self.path.read_only
+
+    @property
+    def remote(self) -> bool:
+        """The volume lies on object storage (its record is objects, not files)."""
+        return isinstance(self.path, Location)
 
     def block_ids(self) -> Iterator[tuple[int, ...]]:
         """All block indices in C order."""
@@ -212,11 +225,15 @@ class Volume:
 
     def done_blocks(self) -> set[tuple[int, ...]]:
         """Indices of blocks whose data is durably stored."""
-        if not self._done_dir.is_dir():
+        if self.remote:
+            names = self._done_dir.listdir()
+        elif self._done_dir.is_dir():
+            names = os.listdir(self._done_dir)
+        else:
             return set()
         done = set()
         ndim = len(self.shape)
-        for name in os.listdir(self._done_dir):
+        for name in names:
             parts = name.split(".")
             if len(parts) == ndim and all(p.isdigit() for p in parts):
                 done.add(tuple(int(p) for p in parts))
@@ -244,6 +261,11 @@ class Volume:
 
     def mark_done(self, index: Sequence[int], *, fsync: bool = True) -> None:
         """Record block ``index`` as done (after its data has been written)."""
+        if self.remote:  # the chunks' PUTs have returned: they are durable; one more PUT records it
+            from volseg.storage.locations import write_bytes
+
+            write_bytes(self._done_dir / ".".join(map(str, index)), b"")
+            return
         if fsync:
             self._fsync_block(index)
         self._done_dir.mkdir(parents=True, exist_ok=True)
@@ -307,7 +329,7 @@ class Volume:
         bz = self.block_shape[0]
         info["sections_done"] = sum(min(bz, self.shape[0] - b * bz) for b in bands)
         info["sections_total"] = self.shape[0]
-        if self.meta.get(EVERY_CHUNK):
+        if self.meta.get(EVERY_CHUNK) and not self.listing_blind:
             missing, examples = self.missing_chunks()
             info["chunks_missing"] = missing
             if missing:
@@ -325,7 +347,12 @@ class Volume:
         """
         root = self.path / "0" / "c"
         found: set[tuple[int, ...]] = set()
-        if root.is_dir():
+        if isinstance(root, Location):
+            for key in root.find():
+                parts = tuple(key.split("/"))
+                if all(p.isdigit() for p in parts):
+                    found.add(tuple(int(p) for p in parts))
+        elif root.is_dir():
             for dirpath, _dirs, files in os.walk(root):
                 rel = Path(dirpath).relative_to(root).parts
                 for name in files:
@@ -347,8 +374,8 @@ class Volume:
         write_levels(self.group, levels, method=method)
 
 
-def _check_local(path: str | os.PathLike) -> Path:
-    return local_path(path, "the volume")
+def _check_path(path: str | os.PathLike | Location) -> Path | Location:
+    return location(path, "the volume")
 
 
 def create_volume(
@@ -388,7 +415,7 @@ def create_volume(
     overwrite
         Replace an existing volume; otherwise an existing path is refused.
     """
-    path = _check_local(path)
+    path = _check_path(path)
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise OptionError(f"{path}: volume shape must be three positive sizes (Z, Y, X), got {shape}")
@@ -403,7 +430,8 @@ def create_volume(
     dtype = zarr_dtype(dtype)
     prepare_output(path, overwrite)
     try:
-        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        store = path.zarr_store(read_only=False) if isinstance(path, Location) else str(path)
+        group = zarr.open_group(store, mode="w", zarr_format=3)
         group.create_array(
             "0",
             shape=shape,
@@ -447,7 +475,11 @@ def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
     Volume
         ``.data`` is a dask array ``(Z, Y, X)``; metadata via ``.voxel_size``, ``.meta``.
     """
-    path = _check_local(path)
+    path = _check_path(path)
+    if isinstance(path, Location):
+        from volseg.storage.locations import check
+
+        check(path, writing=mode != "r")
     if not path.exists():
         raise InputError(
             f"{path}: no such volume; check the path (volumes are folders written by 'volseg convert')"
@@ -456,7 +488,11 @@ def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
         raise InputError(
             f"{path}: not a Zarr v3 volume (no zarr.json); convert images first with 'volseg convert'"
         )
-    store = CheckedStore(path) if mode == "r" else str(path)
+    if isinstance(path, Location):
+        inner = path.zarr_store(read_only=mode == "r")
+        store = CheckedStore(inner, str(path)) if mode == "r" else inner
+    else:
+        store = CheckedStore(path) if mode == "r" else str(path)
     try:
         node = zarr.open(store, mode=mode, zarr_format=3)
         if isinstance(node, zarr.Array):
@@ -512,7 +548,7 @@ def _check_metadata(vol: Volume) -> None:
             f"{path}: its recorded kind {meta['kind']!r} is not one of {', '.join(KINDS)}; "
             "the metadata is damaged"
         )
-    if vol.complete and meta.get(EVERY_CHUNK):
+    if vol.complete and meta.get(EVERY_CHUNK) and not vol.listing_blind:
         done = len(vol.done_blocks())
         if done != vol.n_blocks:
             raise InputError(
@@ -533,7 +569,9 @@ def _check_metadata(vol: Volume) -> None:
             ) from None
 
 
-def _stored_bytes(path: Path) -> int:
+def _stored_bytes(path: Path | Location) -> int:
+    if isinstance(path, Location):
+        return path.du()
     total = 0
     for root, _dirs, files in os.walk(path):
         for f in files:
@@ -542,26 +580,10 @@ def _stored_bytes(path: Path) -> int:
     return total
 
 
-def _part_completion(vol: Volume) -> dict[str, Any]:
-    """For a prediction written in ``--part K/N`` jobs: the done and total blocks of each part."""
-    from volseg.core import tiling
-
-    record = vol.meta.get("predict") or {}
-    parts, cpb = record.get("parts"), (record.get("settings") or {}).get("chunks_per_block")
-    if not parts or not cpb:
-        return {}
-    n, done = int(parts), vol.done_blocks()
-    counts = [[0, 0] for _ in range(n)]
-    for i, block in enumerate(tiling.blocks(vol.shape, vol.block_shape, tuple(cpb))):
-        finished = all(c in done for c in block.chunk_ids)
-        counts[i % n][0] += finished
-        counts[i % n][1] += 1
-    rows = [{"part": f"{k + 1}/{n}", "blocks_done": d, "blocks": t} for k, (d, t) in enumerate(counts)]
-    return {"parts": rows}
-
-
 def volume_info(path: str | os.PathLike) -> dict[str, Any]:
     """Everything ``volseg info`` shows, as a JSON-ready dict."""
+    from volseg.storage.shares import part_rows
+
     vol = open_volume(path)
     raw = int(np.prod(vol.shape)) * vol.dtype.itemsize
     stored = _stored_bytes(vol.path)
@@ -580,7 +602,7 @@ def volume_info(path: str | os.PathLike) -> dict[str, Any]:
         "voxel_size": list(vol.voxel_size),
         "unit": vol.unit,
         "levels": vol.levels,
-        "completion": {**vol.completion(), **_part_completion(vol)},
+        "completion": {**vol.completion(), **part_rows(vol)},
         "provenance": meta.get("provenance", {}),
         "attributes": {k: v for k, v in meta.items() if k not in {"provenance"}},
     }

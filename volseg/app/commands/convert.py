@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,7 +21,13 @@ def convert_cmd(
             show_default=False,
         ),
     ],
-    out: Annotated[Path, typer.Argument(help="The volume folder to write (image.zarr).", show_default=False)],
+    out: Annotated[
+        str,
+        typer.Argument(
+            help="The volume to write: a folder (image.zarr) or a URL (s3://bucket/image.zarr).",
+            show_default=False,
+        ),
+    ],
     chunks: Annotated[
         str | None, typer.Option(help="Chunk shape Z,Y,X; default 1,1024,1024 clipped to the stack.")
     ] = None,

@@ -15,7 +15,7 @@ from volseg.app.choices import ForegroundKind, InstanceMode
 @friendly
 def evaluate_cmd(
     pred: Annotated[
-        Path,
+        str,
         typer.Argument(
             help="Probability, mask or label (instance) volume to score; an ROI (from 'volseg predict "
             "--roi') is placed on TRUTH by its OME translation.",
@@ -23,7 +23,7 @@ def evaluate_cmd(
         ),
     ],
     truth: Annotated[
-        Path,
+        str,
         typer.Argument(
             help="Ground-truth labels: binary (e.g. ISBI 0/255) or instances; not a probability volume.",
             show_default=False,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,7 +12,7 @@ from volseg.app.base import app, echo_json, friendly
 @app.command()
 @friendly
 def info(
-    volume: Annotated[Path, typer.Argument(help="A volume folder (OME-Zarr v3).")],
+    volume: Annotated[str, typer.Argument(help="A volume (OME-Zarr v3): a folder or a URL (s3://...).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
 ) -> None:
     """Describe a volume: shape, dtype, chunks, codec, sizes, voxel size, provenance, completion.

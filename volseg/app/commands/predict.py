@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from volseg.app.base import app, echo_json, friendly, parse_ints, warnings_as_lines
 from volseg.app.choices import Backend, OutDtype, Precision
 from volseg.errors import OptionError
+
+if TYPE_CHECKING:
+    from volseg.stages.predict import PredictOptions
 
 
 def _bytes_option(text: str | None, option: str) -> int | None:
@@ -23,6 +26,17 @@ def _bytes_option(text: str | None, option: str) -> int | None:
         raise OptionError(f"{option} {text!r}: write a size such as 4GiB, 512MiB or 2e9") from None
 
 
+def _echo_job_script(options: PredictOptions) -> None:
+    """With a jobqueue cluster file: the script each job will run, as it is submitted."""
+    spec = options.cluster_spec
+    if spec is None or spec.job is None:
+        return
+    from volseg.cluster import job_script
+
+    typer.echo(f"cluster    {spec.describe()}; each job runs:")
+    typer.echo(job_script(spec).rstrip())
+
+
 @app.command("predict")
 @friendly
 def predict_cmd(
@@ -30,10 +44,16 @@ def predict_cmd(
         Path, typer.Argument(help="Model file written by 'volseg train' (model.pt).", show_default=False)
     ],
     image: Annotated[
-        Path, typer.Argument(help="Image volume (Z, Y, X), e.g. image.zarr.", show_default=False)
+        str,
+        typer.Argument(
+            help="Image volume (Z, Y, X), e.g. image.zarr or s3://bucket/image.zarr.", show_default=False
+        ),
     ],
     out: Annotated[
-        Path, typer.Argument(help="Probability volume to write, e.g. prob.zarr.", show_default=False)
+        str,
+        typer.Argument(
+            help="Probability volume to write, e.g. prob.zarr or s3://bucket/prob.zarr.", show_default=False
+        ),
     ],
     tile: Annotated[
         int | None,
@@ -86,7 +106,7 @@ def predict_cmd(
         ),
     ] = False,
     tissue_mask: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--mask",
             help="Tissue mask volume (nonzero = compute), the image's shape or coarser by whole factors: "
@@ -139,7 +159,20 @@ def predict_cmd(
             "processes: the pool size."
         ),
     ] = None,
-    retries: Annotated[int, typer.Option(help="Retries of a failed block before it is reported.")] = 2,
+    cluster: Annotated[
+        Path | None,
+        typer.Option(
+            help="Cluster file (TOML): SLURM / PBS / LSF / SGE jobs started, scaled and closed by this run "
+            "(pip install 'volseg[cluster]'), or a running scheduler's address; see docs/distributed.md.",
+            show_default=False,
+        ),
+    ] = None,
+    retries: Annotated[
+        int,
+        typer.Option(
+            help="Retries of a failed block before it is reported (the cluster file's, if it sets them)."
+        ),
+    ] = 2,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan (blocks, halo, overhead, memory) and stop.")
     ] = False,
@@ -184,6 +217,7 @@ def predict_cmd(
         memory_limit=_bytes_option(memory_limit, "--memory-limit"),
         scheduler=scheduler,
         workers=workers,
+        cluster=str(cluster) if cluster else None,
         retries=retries,
         overwrite=overwrite,
     )
@@ -195,6 +229,7 @@ def predict_cmd(
             echo_json(result.to_dict())
         else:
             typer.echo("\n".join(result.describe()))
+            _echo_job_script(options)
         return
     if as_json:
         echo_json(result.to_dict())

@@ -16,12 +16,12 @@ from volseg.errors import OptionError
 @friendly
 def preview_cmd(
     volume: Annotated[
-        Path | None,
+        str | None,
         typer.Argument(help="The volume to show (image, probability, mask or labels).", show_default=False),
     ] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="The PNG to write.")] = Path("preview.png"),
     overlay: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             help="A probability, mask or label volume drawn in a second row (over the raw data), where it "
             "lies: an ROI (e.g. from 'volseg predict --roi') is placed by its OME translation."

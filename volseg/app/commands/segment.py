@@ -97,6 +97,31 @@ def segment_cmd(
             "default: threads, or the active distributed client."
         ),
     ] = None,
+    cluster: Annotated[
+        Path | None,
+        typer.Option(
+            help="Cluster file (TOML): SLURM / PBS / LSF / SGE jobs started, scaled and closed by this run "
+            "(pip install 'volseg[cluster]'), or a running scheduler's address; a failing block is retried "
+            "as the file says (default 2), then reported (exit 1). See docs/distributed.md.",
+            show_default=False,
+        ),
+    ] = None,
+    part: Annotated[
+        str | None,
+        typer.Option(
+            help="K/N: do the K-th of N fixed shares of both passes (a job array of N independent jobs, "
+            "K = 1..N, the same options in each; they may start at once); the last to finish marks the "
+            "output complete.",
+            show_default=False,
+        ),
+    ] = None,
+    part_wait: Annotated[
+        float,
+        typer.Option(
+            help="With --part and a second pass (3d, --relabel): seconds to wait for the other parts' "
+            "first pass, then exit 75 (the same command resumes with the second pass); 0: do not wait."
+        ),
+    ] = 600.0,  # volseg.stages.segment.parts.PART_WAIT_S (not imported here: the CLI starts fast)
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run (same input and options).")
@@ -106,6 +131,7 @@ def segment_cmd(
     """Segment cells into instance labels from a membrane probability volume, block by block.
 
     Resumable (--resume) and dask-parallel; writes an OME-Zarr label volume that napari shows as labels.
+    With --part K/N, N jobs of a job array share the work and together write the same labels.
 
     Example: volseg segment prob.zarr cells.zarr --min-size 50
     """
@@ -139,6 +165,9 @@ def segment_cmd(
         resume=resume,
         scheduler=scheduler,
         workers=workers,
+        cluster=cluster,
+        part=part,
+        part_wait=part_wait,
         progress=None if as_json else NoteLines(),  # one line per phase: "segment: labelling ..."
     ).to_dict()
     summary["seconds"] = round(time.perf_counter() - start, 2)
@@ -150,6 +179,14 @@ def segment_cmd(
         if summary["ids"] == "consecutive"
         else f"sparse ids up to {summary['labels']}"
     )
+    if summary.get("part"):
+        end = "the output is complete" if summary["complete"] else "the last part to finish completes it"
+        typer.echo(
+            f"{summary['path']}: part {summary['part']}: {summary['blocks']} blocks of its share "
+            f"({summary['resumed_blocks']} already done), {summary['mode']} mode, {summary['seconds']} s; "
+            f"{end}"
+        )
+        return
     typer.echo(
         f"{summary['path']}: {count}, {summary['dtype']}, {summary['mode']} mode, {summary['blocks']} blocks "
         f"({summary['resumed_blocks']} already done), {summary['seconds']} s"

@@ -24,9 +24,11 @@ def _opt(help_text: str, *names: str) -> Any:
 @friendly
 def train_cmd(
     ctx: typer.Context,
-    image: Annotated[Path | None, typer.Argument(help="Image volume (Z, Y, X), e.g. image.zarr.")] = None,
+    image: Annotated[
+        str | None, typer.Argument(help="Image volume (Z, Y, X), e.g. image.zarr or s3://bucket/image.zarr.")
+    ] = None,
     labels: Annotated[
-        Path | None, typer.Argument(help="Label volume of the same shape, e.g. labels.zarr.")
+        str | None, typer.Argument(help="Label volume of the same shape, e.g. labels.zarr.")
     ] = None,
     output: Annotated[
         Path | None,

@@ -151,17 +151,18 @@ def plan_prediction(
 def _paths(
     model: str | os.PathLike[str] | nn.Module, image: PathLike, out: PathLike, options: PredictOptions
 ) -> tuple[Path, Path | None, Path]:
-    """OUT, the mask and IMAGE, checked: local, and no output that would replace an input."""
+    """OUT, the mask and IMAGE, checked (local paths or URLs), and no output that would replace an input."""
     from volseg.storage import paths as checks
+    from volseg.storage.paths import location
 
-    out = checks.local_path(out, "OUT")
-    outp = Path(out).resolve()
+    out = location(out, "OUT")
+    outp = out.resolve()
     mask = mask_path(outp) if options.threshold is not None else None
     model_path = checks.local_path(model, "MODEL") if isinstance(model, (str, os.PathLike)) else None
-    image = checks.local_path(image, "IMAGE")
+    image = location(image, "IMAGE")
     inputs = {"input IMAGE": image, "model": model_path}
     if options.tissue_mask:
-        inputs["--mask"] = checks.local_path(options.tissue_mask, "--mask")
+        inputs["--mask"] = location(options.tissue_mask, "--mask")
     checks.output_not_input({"OUT": out, "mask": mask}, inputs)
     return outp, mask, image
 
@@ -186,7 +187,7 @@ def _device_precision(options: PredictOptions) -> tuple[str, str]:
     """The device type and precision the plan assumes."""
     from volseg.nn.runtime import resolve_device, resolve_precision
 
-    if options.cluster and options.device != "auto":
+    if options.remote and options.device != "auto":
         # a cluster's workers check and resolve their own devices (this machine may have no GPU)
         device = options.device.split(":")[0]
         guess = "fp32" if device == "cpu" else "bf16"
@@ -203,7 +204,7 @@ def _plan(
     from volseg.nn.intensity import image_for_model
     from volseg.nn.runtime import check_device
 
-    if not options.cluster:  # a cluster's workers are probed instead
+    if not options.remote:  # a cluster's workers are probed instead
         check_device(options.device)
     outp, mask, image_path = _paths(model, image, out, options)
     info, module = model_info(model)

@@ -6,10 +6,12 @@ Every value is checked when the options are made, so that a bad value is refused
 
 from __future__ import annotations
 
-import re
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
+from volseg.cluster import ClusterSpec, is_address, load_cluster
 from volseg.errors import OptionError
 
 __all__ = ["DTYPES", "SCHEDULERS", "PredictOptions", "is_address"]
@@ -67,8 +69,13 @@ class PredictOptions:
     workers
         With no scheduler: start a ``distributed.LocalCluster`` of this many worker processes.
         With ``threads`` or ``processes``: the pool size.
+    cluster
+        A cluster file (``--cluster FILE.toml``, :mod:`volseg.cluster`): a dask-jobqueue cluster (SLURM, PBS,
+        LSF, SGE) started, scaled and closed by this run, or a running scheduler's address; instead of
+        ``scheduler`` and ``workers``. Checked when the options are made. Its ``[cluster.worker] retries``,
+        when given, replaces ``retries``.
     retries
-        Times a failed block is retried before it is reported as failed.
+        Times a failed block is retried before it is reported as failed (tried ``1 + retries`` times).
     overwrite
         Replace an existing output made by another run (otherwise refused).
     activation
@@ -119,6 +126,7 @@ class PredictOptions:
     memory_limit: int | None = None
     scheduler: str | None = None
     workers: int | None = None
+    cluster: str | os.PathLike[str] | None = None
     retries: int = 2
     overwrite: bool = False
     activation: str = "auto"
@@ -134,6 +142,10 @@ class PredictOptions:
         _check_sizes(self)
         _check_scheduler(self)
         _ = self.part_of
+        if self.cluster is not None:
+            object.__setattr__(self, "cluster", os.fspath(self.cluster))  # recorded as text
+            spec = self.cluster_spec  # read and checked now, before anything is loaded or written
+            object.__setattr__(self, "retries", spec.retries_or(self.retries))
 
     @property
     def part_of(self) -> tuple[int, int] | None:
@@ -150,9 +162,14 @@ class PredictOptions:
         return kn
 
     @property
-    def cluster(self) -> bool:
-        """True when ``scheduler`` is the address of a running dask scheduler."""
-        return bool(self.scheduler and "://" in self.scheduler)
+    def remote(self) -> bool:
+        """True when the blocks run on workers elsewhere: a scheduler address, or a cluster file."""
+        return bool(self.cluster) or bool(self.scheduler and "://" in self.scheduler)
+
+    @cached_property
+    def cluster_spec(self) -> ClusterSpec | None:
+        """The checked cluster file (:func:`volseg.cluster.load_cluster`), ``None`` without ``cluster``."""
+        return load_cluster(self.cluster) if self.cluster is not None else None
 
 
 def _need(ok: bool, message: str) -> None:
@@ -220,13 +237,14 @@ def _check_scheduler(o: PredictOptions) -> None:
         "tcp://HOST:PORT",
     )
     _need(
-        not (o.workers and o.cluster),
+        not (o.workers and o.remote and not o.cluster),
         "--workers starts a local cluster; with --scheduler ADDRESS start workers with 'dask worker ADDRESS'",
     )
+    if o.cluster is not None:
+        _need(
+            sched is None,
+            f"--cluster and --scheduler {sched} exclude each other: the cluster file says where the "
+            'workers are (kind = "address" for a running scheduler)',
+        )
+        _need(not o.workers, "--cluster and --workers exclude each other: set the jobs in [cluster.scale]")
     _need(not (o.workers and sched == "synchronous"), "--workers does not apply to --scheduler synchronous")
-
-
-def is_address(text: str) -> bool:
-    """A dask scheduler address: ``tcp://HOST:PORT`` (also ``tls://``, ``ucx://``, ``[::1]`` hosts)."""
-    match = re.fullmatch(r"[a-z][a-z0-9+]*://(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):(\d{1,5})", text)
-    return bool(match) and 0 < int(match.group(2)) < 65536

@@ -8,11 +8,8 @@ again. A rerun with another identity, or an output that predict did not write, i
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,8 @@ from volseg.stages.predict.options import PredictOptions
 from volseg.stages.predict.plan import Layout, ModelInfo, Plan
 from volseg.storage.conventions import Convention
 from volseg.storage.files import json_ready
+from volseg.storage.locks import creating
+from volseg.storage.paths import location
 from volseg.storage.volumes import Volume, create_volume, open_volume, provenance
 
 __all__ = ["add_translation", "create_outputs", "existing_done", "finish", "identity", "mask_path"]
@@ -58,7 +57,8 @@ def identity(info: ModelInfo, source: Volume, layout: Layout, options: PredictOp
         "skip_empty": options.skip_empty,
     }
     if options.tissue_mask:  # absent without one, as in earlier outputs
-        ident["tissue_mask"] = str(Path(options.tissue_mask).resolve())
+        mask = location(options.tissue_mask, "--mask")
+        ident["tissue_mask"] = str(mask.resolve())
     if layout.backend != "torch":  # absent for torch, as in the outputs of earlier versions
         ident["backend"] = layout.backend
     return json_ready(ident)
@@ -75,7 +75,8 @@ def existing_done(
         return set()
     done: set[tuple[int, ...]] | None = None
     for path in [out] + ([mask] if mask else []):
-        empty = not path.exists() or (path.is_dir() and not any(path.iterdir()))
+        folder = isinstance(path, Path) and path.is_dir()
+        empty = not path.exists() or (folder and not any(path.iterdir()))  # type: ignore[union-attr]
         blocks = set() if empty else _check_identity(path, identity).done_blocks()
         done = blocks if done is None else done & blocks
     return done or set()
@@ -142,14 +143,14 @@ def create_outputs(plan: Plan, info: ModelInfo, source: Volume, options: Predict
         config={"stage": "predict", **plan.settings},
     )
     extra = _metadata(plan, info)
-    targets = [(Path(plan.out), plan.dtype, "probability", extra)]
+    targets = [(location(plan.out), plan.dtype, "probability", extra)]
     if plan.mask:
         mask_extra = {k: v for k, v in extra.items() if k != "convention"}  # 0 / 1, not probabilities
         mask_extra["values"] = {"dtype": "uint8", "meaning": f"probability >= {options.threshold}"}
-        targets.append((Path(plan.mask), "uint8", "mask", mask_extra))
+        targets.append((location(plan.mask), "uint8", "mask", mask_extra))
     parts = options.part_of[1] if options.part_of else None
     for path, dtype, kind, meta in targets:
-        with _creating(path):  # the jobs of a job array start at once: one creates, the others wait
+        with creating(path):  # the jobs of a job array start at once: one creates, the others wait
             if not options.overwrite and path.exists() and (path / "zarr.json").exists():
                 _check_parts(_check_identity(path, plan.identity), parts)  # made meanwhile by another job?
                 continue  # an identical run's output: resume it
@@ -172,39 +173,6 @@ def _create(
         extra=meta,
     )
     add_translation(vol, [a for a, _ in plan.roi], source.voxel_size)
-
-
-#: A lock older than this (s) is a crashed job's: removed.
-STALE_LOCK_S = 300.0
-
-
-@contextlib.contextmanager
-def _creating(path: Path, timeout: float = 120.0) -> Iterator[None]:
-    """Hold ``<path>.creating`` (made with O_EXCL) while an output is checked or created."""
-    from volseg.storage.paths import make_folder
-
-    make_folder(path.parent, path)  # one OutputError line where it cannot be made
-    lock = path.with_name(path.name + ".creating")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            break
-        except FileExistsError:
-            with contextlib.suppress(FileNotFoundError):
-                if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-                    lock.unlink()
-                    continue
-            if time.monotonic() > deadline:
-                raise OutputError(
-                    f"{path}: another job has been creating it for {timeout:.0f} s ({lock}); if no other job "
-                    "is running, remove that file and rerun"
-                ) from None
-            time.sleep(0.05)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 def _check_parts(vol: Volume, parts: int | None) -> None:

@@ -114,6 +114,8 @@ class Job:
     catch: bool = True
     backend: str = "torch"
     #: Forward passes one at a time in the process (on all its threads), the other tasks reading and writing.
+    #: Storage options per URL protocol (volseg.storage.locations.snapshot): URLs open alike everywhere.
+    storage: dict[str, dict[str, Any]] | None = None
     serial: bool = False
     #: A block whose input window holds one value is written as background without a forward pass.
     skip_empty: bool = False
@@ -340,8 +342,9 @@ def parallelism(options: PredictOptions, n_pending: int) -> tuple[str, int, int]
     count is known only once connected (1 here, for the estimates).
     """
     cores = available_cores()
-    sched = options.scheduler or ("local-cluster" if options.workers else "threads")
-    if sched == "synchronous" or options.cluster:
+    spec = options.cluster_spec
+    sched = options.scheduler or (spec.label if spec else "local-cluster" if options.workers else "threads")
+    if sched == "synchronous" or options.remote:
         parallel = 1
     else:
         parallel = options.workers or min(cores, DEFAULT_PARALLEL)
@@ -483,7 +486,7 @@ def choices_open(options: PredictOptions, device: str) -> bool:
     Never for a ``--part`` job: the parts of one output may run on machines that would choose differently,
     and they must all compute with one tile and runtime (the static default, or what is given).
     """
-    local = (options.scheduler or "threads") == "threads" and not options.workers
+    local = (options.scheduler or "threads") == "threads" and not options.workers and not options.remote
     open_ = options.tile is None or options.backend == "auto"
     return local and device == "cpu" and open_ and options.part is None
 

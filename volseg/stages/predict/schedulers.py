@@ -2,8 +2,10 @@
 
 One ``dask.delayed`` task per pending block (:func:`tasks`); done blocks are not in the graph. With a
 local scheduler a failed block is retried inside its task and comes back as an error status; on a
-cluster dask's own retries apply and a failure comes back from its future. Either way every finished
-block is counted by a :class:`Meter` (voxels and seconds for the result, one progress update each).
+cluster dask's own retries apply (:func:`volseg.cluster.run_tasks`: ``1 + retries`` tries, then the
+error) and a failure comes back from its future. Either way every finished block is counted by a
+:class:`Meter` (voxels and seconds for the result, one progress update each). A cluster from a file
+(``--cluster``) is opened, and closed at the end, by :func:`volseg.cluster.open_cluster`.
 
 torch's thread count is set so that dask's parallel tasks times torch's threads do not exceed the
 cores (on a cluster: per host, from what the workers report).
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from volseg.cluster import CONNECT_TIMEOUT_S, open_cluster, run_tasks
 from volseg.core import preempt, tiling
 from volseg.core.progress import Progress, Tracker
 from volseg.core.resources import available_cores
@@ -34,9 +37,6 @@ if TYPE_CHECKING:
     from distributed import Client
 
 __all__ = ["CONNECT_TIMEOUT_S", "Meter", "execute", "make_job", "tasks"]
-
-#: The seconds a scheduler address is given to answer before the run is refused.
-CONNECT_TIMEOUT_S = 3.0
 
 
 class Meter:
@@ -77,6 +77,7 @@ def make_job(
 ) -> Job:
     """What every task of this run needs (``catch``: retry and report failures inside the task)."""
     from volseg.nn.inference import InferOptions
+    from volseg.storage.locations import snapshot
 
     infer = InferOptions(
         tile=plan.tile,
@@ -112,6 +113,7 @@ def make_job(
         attempts=1 + options.retries if catch else 1,
         catch=catch,
         backend=plan.backend,
+        storage=snapshot(),
         serial=plan.serial,
         skip_empty=options.skip_empty,
         tissue_mask=options.tissue_mask,
@@ -146,6 +148,9 @@ def execute(
         return results, meter.seconds
     with _client(options, options.memory_limit) as client:
         threads = _check_workers(client, plan, options)
+        spec = options.cluster_spec
+        if spec is not None and spec.torch_threads:  # jobqueue workers are alike, also those joining later
+            threads = spec.torch_threads
         job = make_job(plan, info, options, threads, catch=False)
         with Meter(progress, plan) as meter:  # timed once the workers answered (start-up excluded)
             results = _run_distributed(client, tasks(job, plan.pending), options.retries, meter)
@@ -185,10 +190,15 @@ def _run_local(tasks: list[Delayed], scheduler: str, parallel: int, meter: Meter
 # ------------------------------------------------------------------------ distributed
 @contextlib.contextmanager
 def _client(options: PredictOptions, memory_limit: int | None) -> Iterator[Client]:
-    """A distributed client: to a running scheduler (checked within seconds) or a new LocalCluster."""
+    """A distributed client: of a cluster file, to a running scheduler (checked within seconds), or of a new
+    LocalCluster. What is started here is closed on the way out, whatever the reason."""
     from distributed import Client, LocalCluster
 
-    if options.cluster:
+    if options.cluster_spec is not None:
+        with open_cluster(options.cluster_spec) as client:
+            yield client
+        return
+    if options.remote:
         try:
             client = Client(options.scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
@@ -232,6 +242,8 @@ def _worker_probe(device: str, precision: str) -> dict[str, Any]:
 def _check_workers(client: Client, plan: Plan, options: PredictOptions) -> dict[str, int]:
     """Workers see the shared paths; torch threads per worker so that no host is oversubscribed."""
     probes = client.run(_worker_probe, options.device, options.precision)
+    if not probes and options.cluster_spec is not None:
+        raise OptionError(f"{options.cluster_spec.source}: the cluster's workers left before the run began")
     if not probes:
         raise OptionError(
             f"--scheduler {options.scheduler}: the scheduler has no workers; start some with "
@@ -240,7 +252,11 @@ def _check_workers(client: Client, plan: Plan, options: PredictOptions) -> dict[
     for address, probe in probes.items():
         if probe.get("error"):
             raise OptionError(f"worker {address}: {probe['error']}")
-    paths = [p for p in (plan.model_path, plan.image, str(Path(plan.out).parent)) if p]
+    from volseg.storage.locations import is_url
+
+    # URLs are reached over the network by every worker alike; local paths must be shared storage
+    local = [plan.model_path, plan.image, None if is_url(plan.out) else str(Path(plan.out).parent)]
+    paths = [p for p in local if p and not is_url(p)]
     seen = client.run(lambda ps: [os.path.exists(p) for p in ps], paths)
     for address, ok in seen.items():
         missing = [p for p, e in zip(paths, ok, strict=True) if not e]
@@ -257,38 +273,22 @@ def _check_workers(client: Client, plan: Plan, options: PredictOptions) -> dict[
 
 
 def _run_distributed(client: Client, tasks: list[Delayed], retries: int, meter: Meter) -> list[BlockStatus]:
-    """Submit the blocks, then collect their statuses as they finish (dask retries failed tasks)."""
-    from distributed import as_completed
+    """Submit the blocks, then collect their statuses as they finish.
 
-    futures = client.compute(tasks, retries=retries)
-    index = {f.key: _block_index_from_key(t.key) for f, t in zip(futures, tasks, strict=True)}
-    lost: dict[Any, int] = {}
+    A block that raises is tried ``1 + retries`` times (dask's retries), then reported failed with its last
+    error; one whose worker died is rerun at most the scheduler's ``allowed-failures`` times, then reported
+    with ``KilledWorker``. At a stop signal the blocks not started are cancelled and reported stopped.
+    """
+    index = [_block_index_from_key(t.key) for t in tasks]
     results: list[BlockStatus] = []
-    stopping: list[Any] = []
-    pending = as_completed(futures, loop=client.loop)
-    for future in pending:
-        if preempt.requested() and not stopping:  # the workers finish their blocks; no new ones start
-            stopping = [f for f in futures if f.status == "pending"]
-            client.cancel(stopping)
-            results += [BlockStatus(index[f.key], 0, 0, 0.0, stopped=True) for f in stopping]
-        if future.status == "cancelled":
+    for outcome in run_tasks(client, tasks, retries, stop=preempt.requested):
+        block = index[outcome.index]
+        if outcome.stopped:
+            results.append(BlockStatus(block, 0, 0, 0.0, stopped=True))
             continue
-        if future.status == "error":
-            status = failure(index[future.key], future.exception())
-        else:
-            try:
-                status = future.result()
-            except Exception as exc:
-                # The worker holding this tiny result died after computing it: the scheduler
-                # recomputes the key (its chunks are done, so the task only checks and returns).
-                lost[future.key] = lost.get(future.key, 0) + 1
-                if lost[future.key] <= 1 + retries:
-                    pending.add(future)
-                    continue
-                status = failure(index[future.key], exc)
+        status = failure(block, outcome.error) if outcome.error is not None else outcome.value
         meter.advance(status)
         results.append(status)
-        future.release()
     return results
 
 

@@ -234,14 +234,18 @@ def failure(
 _VOLUMES: dict[tuple[str, str], Volume] = {}
 
 
-def _volume(path: str, mode: str, run_id: str) -> Volume:
-    """Open a volume once per process and run (zarr metadata is read once, not per task)."""
+def _volume(path: str, mode: str, job: Job) -> Volume:
+    """Open a volume once per process and run (zarr metadata is read once, not per task); a URL with
+    the storage options of the process that planned the run."""
+    from volseg.storage.locations import at
+
+    run_id = job.run_id
     key = (path, f"{mode}:{run_id}")
     vol = _VOLUMES.get(key)
     if vol is None:
         for old in [k for k in _VOLUMES if not k[1].endswith(run_id)]:  # earlier runs' volumes
             _VOLUMES.pop(old, None)
-        vol = _VOLUMES[key] = open_volume(path, mode=mode)
+        vol = _VOLUMES[key] = open_volume(at(path, job.storage), mode=mode)
     return vol
 
 
@@ -321,7 +325,7 @@ def _writers() -> Any:
 
 def _in_mask(job: Job, block: tiling.Block) -> bool:
     """Whether the tissue mask has a nonzero voxel over the block's output region."""
-    mask = _volume(str(job.tissue_mask), "r", job.run_id)
+    mask = _volume(str(job.tissue_mask), "r", job)
     region = tuple(
         slice((start + s.start) // f, -(-(start + s.stop) // f))
         for s, start, f in zip(block.out, job.roi_start, job.mask_factors, strict=True)
@@ -343,8 +347,8 @@ def _write_chunks(job: Job, block: tiling.Block, probs: np.ndarray) -> int:
     Each chunk is written, made durable and then marked done on its own (one file each), so chunks of a
     block may go in parallel: a crash leaves every chunk either done or not recorded.
     """
-    out = _volume(job.out, "r+", job.run_id)
-    mask = _volume(job.mask, "r+", job.run_id) if job.mask else None
+    out = _volume(job.out, "r+", job)
+    mask = _volume(job.mask, "r+", job) if job.mask else None
     todo = [c for c in block.chunk_ids if not (out.is_done(c) and (mask is None or mask.is_done(c)))]
 
     def write(cid: tuple[int, ...]) -> None:
@@ -383,7 +387,7 @@ def run_block(job: Job, block: tiling.Block) -> BlockStatus:
     for attempt in range(job.attempts):
         try:
             model, infer = _worker_model(job)
-            source = _volume(job.image, "r", job.run_id)
+            source = _volume(job.image, "r", job)
             window = None
             empty = bool(job.tissue_mask) and not _in_mask(job, block)  # outside the tissue
             if not empty:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from volseg.core.segmentation import label_dtype
-from volseg.errors import InputError, OutputError
+from volseg.errors import InputError, OptionError, OutputError
 from volseg.stages.segment.options import INPUT_KINDS, SegmentOptions
 from volseg.storage.conventions import (
     recorded_convention,
@@ -23,6 +23,7 @@ from volseg.storage.conventions import (
     to_probability,
     value_scale,
 )
+from volseg.storage.locations import Location
 from volseg.storage.volumes import Volume, create_volume, open_volume, provenance
 
 __all__ = ["Converter", "boundary_from_volume", "input_kind_of", "open_output"]
@@ -111,15 +112,20 @@ def _carry_placement(out: Volume, placement: dict[str, Any]) -> None:
 
 def open_output(
     prob: Volume,
-    out: Path,
+    out: Path | Location,
     opts: SegmentOptions,
     chunks: Sequence[int] | None,
     overwrite: bool,
     resume: bool,
     codec: str | None,
     given_kind: str | None = None,
+    parts: int | None = None,
 ) -> Volume:
-    """The output: created anew, or reopened to resume when it was made from the same input and options."""
+    """The output: created anew, or reopened to resume when it was made from the same input and options.
+
+    ``parts``: the N of ``--part K/N``, recorded in a new output; an output being written in another
+    number of parts (or started by a single run) is refused. A run without parts may finish any.
+    """
     chunks = tuple(int(c) for c in (chunks or prob.block_shape))
     record = {
         "source": str(prob.path.resolve()),
@@ -131,7 +137,7 @@ def open_output(
         "input_kind": given_kind,
     }
     if resume and (out.exists() or out.is_symlink()):
-        again = "pass --overwrite to start again"
+        again = "delete it to start again" if parts else "pass --overwrite to start again"
         try:
             existing = open_volume(out, mode="r+")
         except InputError as exc:
@@ -145,6 +151,7 @@ def open_output(
                     f"cannot resume {out}: it was made with {key} {old.get(key)!r}, this run has "
                     f"{value!r}; rerun with the first run's options, or {again}"
                 )
+        _check_parts(existing, old.get("parts"), parts)
         return existing
     placement = _placement(prob)  # before anything is created
     vol = create_volume(
@@ -158,7 +165,21 @@ def open_output(
         kind="label",
         overwrite=overwrite,
         provenance_block=provenance([prob.path], config={"stage": "segment", **record}),
-        extra={"segment": record},
+        extra={"segment": {**record, "parts": parts} if parts else record},
     )
     _carry_placement(vol, placement)
     return vol
+
+
+def _check_parts(vol: Volume, recorded: Any, parts: int | None) -> None:
+    """Refuse a ``--part K/N`` job for an output that is written in another number of parts, or by one run."""
+    if parts is None or recorded == parts:
+        return
+    if recorded is None:
+        raise OptionError(
+            f"--part .../{parts}: {vol.path} was started by a single run (no --part); finish it with "
+            "--resume and no --part, or delete it and submit the jobs again"
+        )
+    raise OptionError(
+        f"--part .../{parts}: {vol.path} is being written in {recorded} parts; use --part K/{recorded}"
+    )

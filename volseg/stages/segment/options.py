@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from volseg.cluster import ClusterSpec, load_cluster
 from volseg.core.segmentation import METHODS, MODES, SEEDS
 from volseg.errors import OptionError
 from volseg.storage.files import json_ready
 
-__all__ = ["INPUT_KINDS", "SCHEDULERS", "SegmentOptions", "SegmentResult", "check_run_options"]
+__all__ = [
+    "CLUSTER_RETRIES",
+    "INPUT_KINDS",
+    "SCHEDULERS",
+    "SegmentOptions",
+    "SegmentResult",
+    "check_cluster",
+    "check_run_options",
+]
 
 SCHEDULERS = ("threads", "processes", "synchronous")
 INPUT_KINDS = ("probability", "mask")
@@ -116,9 +126,14 @@ class SegmentResult:
     dtype
         The labels' dtype (``uint32``, or ``uint64`` for 2**32 voxels or more).
     blocks
-        Output blocks in all.
+        Output blocks in all (of the part's share with ``part``).
     resumed_blocks
-        Blocks that an earlier run had written already.
+        Blocks (of the part's share) that an earlier run had written already.
+    part
+        ``"K/N"`` for a ``--part`` run, else ``None``.
+    complete
+        Whether the output is complete: always for a run without ``part``; for a part, whether it was
+        the last to finish (or found the output complete).
     """
 
     path: str
@@ -128,10 +143,15 @@ class SegmentResult:
     dtype: str
     blocks: int
     resumed_blocks: int
+    part: str | None = None
+    complete: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data, the keys in the order of the fields."""
-        return json_ready(dataclasses.asdict(self))
+        """Plain JSON-ready data, the keys in the order of the fields (``part``, ``complete``: parts only)."""
+        data = dataclasses.asdict(self)
+        if self.part is None:
+            del data["part"], data["complete"]
+        return json_ready(data)
 
 
 def check_run_options(
@@ -155,3 +175,19 @@ def check_run_options(
         raise OptionError(f"--workers {workers}: use 1 to 1024")
     if input_kind is not None and input_kind not in INPUT_KINDS:
         raise OptionError(f"--input-kind {input_kind!r}: use one of {', '.join(INPUT_KINDS)}")
+
+
+#: Retries of a failing block on a cluster when the cluster file does not set them.
+CLUSTER_RETRIES = 2
+
+
+def check_cluster(
+    cluster: str | os.PathLike[str] | None, scheduler: str | None, workers: int | None
+) -> ClusterSpec | None:
+    """The checked ``--cluster`` file (:func:`volseg.cluster.load_cluster`), or ``None`` without one."""
+    if cluster is None:
+        return None
+    if scheduler is not None or workers is not None:
+        flag = "--scheduler" if scheduler is not None else "--workers"
+        raise OptionError(f"--cluster and {flag} exclude each other: the cluster file names the workers")
+    return load_cluster(cluster)

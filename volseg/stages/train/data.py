@@ -20,7 +20,7 @@ from volseg.errors import InputError, OptionError, OutputError
 from volseg.nn.patches import IntensityStats, LabelSummary, intensity_stats, scan_labels, split_sections
 from volseg.stages.train.config import TrainConfig, output_paths
 from volseg.storage.conventions import require_complete, require_kind
-from volseg.storage.paths import local_path
+from volseg.storage.paths import local_path, location
 from volseg.storage.volumes import open_volume
 
 __all__ = ["TrainData", "check_outputs", "model_path", "prepare_data"]
@@ -119,8 +119,8 @@ def check_outputs(config: TrainConfig) -> dict[str, Path]:
         raise OptionError("train: give the output model path with -o MODEL.pt")
     paths = output_paths(model_path(config.output))
     for name in ("image", "labels"):
-        if getattr(config, name):
-            local_path(getattr(config, name), name.upper())
+        if getattr(config, name):  # volumes: local folders or URLs (s3://...)
+            location(getattr(config, name), name.upper())
     model = paths["model"]
     if model.is_dir():
         raise OutputError(f"{model}: is a folder; give a model file path such as {model / 'model.pt'}")
