@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from volseg.app.cli import app
 from volseg.errors import InputError, OptionError
 from volseg.stages.evaluate import EvaluateOptions, EvaluateResult, evaluate, parse_foreground
-from volseg.storage.volumes import create_volume
+from volseg.storage.volumes import create_volume, open_volume
 
 runner = CliRunner()
 
@@ -587,3 +587,115 @@ def test_a_raw_image_as_prediction_is_refused(tmp_path):
     result = CliRunner().invoke(app, ["evaluate", *paths, "--foreground", "0"])
     assert result.exit_code == 2 and "is an image (raw EM) volume, but evaluate's PRED" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------- CREMI score, 3-D scores, worst objects
+# Two sections of the same 2 x 4 pattern: truth cell 1 is split into segments 5 and 6; truth cells 2
+# and 3 are merged into segment 7. Every object spans both sections (3-D ids).
+SPLIT_MERGE_TRUTH = [[[1, 1, 2, 2], [1, 1, 3, 3]]] * 2
+SPLIT_MERGE_PRED = [[[5, 5, 7, 7], [6, 6, 7, 7]]] * 2
+
+
+def test_cremi_score_and_worst_objects_by_hand(tmp_path):
+    # N = 16. VOI split = 8/16 * 1 bit (cell 1 halved), VOI merge = 8/16 * 1 bit (segment 7).
+    # CREMI's ARAND counts pairs as n^2: truth 64 + 16 + 16, prediction 16 + 16 + 64, joint 4 * 16:
+    # P = R = 2/3, ARAND 1/3, CREMI = sqrt(1/3 * 1).
+    _labels(tmp_path, "t.zarr", SPLIT_MERGE_TRUTH, chunks=(1, 2, 4))
+    _labels(tmp_path, "p.zarr", SPLIT_MERGE_PRED, chunks=(1, 2, 2))
+    r = evaluate(
+        tmp_path / "p.zarr",
+        tmp_path / "t.zarr",
+        EvaluateOptions(instance_mode="3d"),
+        json_path=tmp_path / "r.json",
+    )
+    o = r.overall
+    assert o["cremi_score"] == pytest.approx(np.sqrt(1 / 3)) and o[
+        "cremi_adapted_rand_error"
+    ] == pytest.approx(1 / 3)
+    assert o["voi_split"] == pytest.approx(0.5) and o["voi_merge"] == pytest.approx(0.5)
+    assert r.sections[1]["cremi_score"] == pytest.approx(np.sqrt(1 / 3))
+    splits, merges = r.objects["splits"], r.objects["merges"]
+    assert (splits["objects"], splits["split_objects"], splits["not_listed"]) == (3, 1, 0)
+    assert splits["listed"] == [
+        {
+            "id": 1,
+            "voxels": 8,
+            "segments": 2,
+            "voi_split": pytest.approx(0.5),
+            "largest_fraction": 0.5,
+            "largest_id": 5,
+            "bbox": {"z": [0, 2], "y": [0, 2], "x": [0, 2]},
+        }
+    ]
+    assert (merges["objects"], merges["merge_objects"]) == (3, 1)
+    assert [m["id"] for m in merges["listed"]] == [7] and merges["listed"][0]["truth_objects"] == 2
+    assert merges["listed"][0]["bbox"] == {"z": [0, 2], "y": [0, 2], "x": [2, 4]}
+    assert json.loads((tmp_path / "r.json").read_text())["objects"] == json.loads(json.dumps(r.objects))
+    # 2-D scoring: each section's cell 1 is its own object, named by its own id, found by its box
+    two_d = evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", EvaluateOptions(instance_mode="2d"))
+    listed = two_d.objects["splits"]["listed"]
+    assert [(s["id"], s["largest_id"], s["bbox"]["z"]) for s in listed] == [(1, 5, [0, 1]), (1, 5, [1, 2])]
+    assert [m["id"] for m in two_d.objects["merges"]["listed"]] == [7, 7]
+    assert evaluate(tmp_path / "p.zarr", tmp_path / "t.zarr", EvaluateOptions(objects=0)).objects is None
+
+
+def test_streamed_3d_scores_of_a_synth_truth_equal_the_whole_volume(tmp_path):
+    from scipy import ndimage as ndi
+
+    from volseg.core.metrics import Contingency
+    from volseg.stages.synth import synth
+
+    out = synth(tmp_path / "s", shape=(6, 48, 56), seed=3, chunks=(2, 24, 24))
+    truth = np.asarray(open_volume(out.cells).array[:])
+    # a prediction that merges two cells, splits one across z and shifts the rest a little
+    pred = np.roll(truth, 2, axis=2).astype(np.uint32)
+    ids = np.unique(truth)
+    pred[pred == ids[1]] = ids[2]
+    pred[3:][pred[3:] == ids[3]] = 10_000
+    pred = ndi.grey_dilation(pred, size=(1, 2, 1))
+    _labels(tmp_path, "p.zarr", pred, chunks=(4, 20, 20))
+    r = evaluate(tmp_path / "p.zarr", out.cells, EvaluateOptions(instance_mode="3d", objects=3))
+    whole = Contingency(ignore_labels=()).add(truth, pred)  # the synth truth has no background
+    assert r.overall["cremi_score"] == pytest.approx(whole.cremi().score, rel=1e-12)
+    assert r.overall["v_rand"] == pytest.approx(whole.v_rand(), rel=1e-12)
+    error, _, _ = adapted_rand_error(truth, pred, ignore_labels=())
+    split, merge = variation_of_information(truth, pred)
+    assert r.overall["adapted_rand_error"] == pytest.approx(error, rel=1e-9)
+    assert (r.overall["voi_split"], r.overall["voi_merge"]) == pytest.approx((split, merge), rel=1e-9)
+    splits = r.objects["splits"]
+    assert len(splits["listed"]) == 3 and splits["not_listed"] == splits["split_objects"] - 3
+    voi = [s["voi_split"] for s in splits["listed"]]
+    assert voi == sorted(voi, reverse=True)
+    worst = whole.objects("true")
+    assert [s["id"] for s in splits["listed"]] == worst.labels[:3].tolist()
+    box = splits["listed"][0]["bbox"]
+    where = np.nonzero(truth == splits["listed"][0]["id"])
+    assert box == {ax: [int(w.min()), int(w.max()) + 1] for ax, w in zip("zyx", where, strict=True)}
+    assert any(m["id"] == ids[2] and m["truth_objects"] >= 2 for m in r.objects["merges"]["listed"])
+
+
+def test_cli_prints_the_cremi_score_and_the_worst_objects(tmp_path):
+    _labels(tmp_path, "t.zarr", SPLIT_MERGE_TRUTH)
+    _labels(tmp_path, "p.zarr", SPLIT_MERGE_PRED)
+    result = runner.invoke(
+        app, ["evaluate", str(tmp_path / "p.zarr"), str(tmp_path / "t.zarr"), "--instance-mode", "3d"]
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "CREMI" in text and f"{np.sqrt(1 / 3):.4f}" in text
+    assert "worst split: truth object 1 (8 voxels, 2 segments" in text and "z 0:2, y 0:2, x 0:2" in text
+    assert "worst merge: segment 7 (8 voxels, 2 truth objects" in text
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "p.zarr"),
+            str(tmp_path / "t.zarr"),
+            "--objects",
+            "0",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
+    assert result.exit_code == 0 and "worst" not in result.stdout
+    assert "objects" not in json.loads((tmp_path / "r.json").read_text())

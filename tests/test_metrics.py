@@ -404,3 +404,119 @@ def test_isbi_on_a_real_section():
     r = isbi_scores(prob, membrane)
     assert 0.9 < r["v_rand"] < 1.0 and 0.9 < r["v_info"] < 1.0
     assert r["v_rand"] >= isbi_scores(prob, membrane, thin=False)["v_rand"]
+
+
+# ============================================================================ CREMI score
+def test_cremi_score_is_the_geometric_mean_of_arand_and_voi():
+    from volseg.core.metrics import cremi_score
+
+    assert cremi_score(0.25, 0.5, 0.5) == pytest.approx(0.5)
+    assert cremi_score(0.0, 3.0, 1.0) == 0.0 and math.isnan(cremi_score(math.nan, 0.0, 0.0))
+    for bad in ((-0.1, 0.0, 0.0), ("0.1", 0.0, 0.0), (0.1, True, 0.0)):
+        with pytest.raises(OptionError, match="cremi_score"):
+            cremi_score(*bad)
+
+
+def _cremi_toolkit(true, pred):
+    """CREMI toolkit's formulas (cremi/cremi_python evaluation/rand.py, voi.py) on dense arrays, by hand.
+
+    Truth label 0 ignored; ARAND with n_ij^2 pair counts, predicted 0 left out of the sums and
+    c / n added to the prediction's and the joint sums; VOI in bits, nothing ignored in the prediction.
+    """
+    t, p = true.ravel(), pred.ravel()
+    keep = t != 0
+    t, p = t[keep], p[keep]
+    n = t.size
+    joint = np.zeros((t.max() + 1, p.max() + 1))
+    np.add.at(joint, (t, p), 1)
+    c = joint[:, 0].sum()
+    a, b = joint.sum(1), joint[:, 1:].sum(0)
+    sum_a, sum_b, sum_ab = (a**2).sum(), (b**2).sum() + c / n, (joint[:, 1:] ** 2).sum() + c / n
+    precision, recall = sum_ab / sum_b, sum_ab / sum_a
+    arand = 1 - 2 * precision * recall / (precision + recall)
+    pxy = joint / n
+    px, py = pxy.sum(1), pxy.sum(0)  # truth, prediction
+    nz = pxy > 0
+    h_p_given_t = -(pxy[nz] * np.log2(pxy[nz] / np.broadcast_to(px[:, None], pxy.shape)[nz])).sum()
+    h_t_given_p = -(pxy[nz] * np.log2(pxy[nz] / np.broadcast_to(py[None, :], pxy.shape)[nz])).sum()
+    return arand, h_p_given_t, h_t_given_p, math.sqrt(arand * (h_p_given_t + h_t_given_p))
+
+
+def test_cremi_matches_the_toolkits_formulas_and_skimage_voi():
+    rng = np.random.default_rng(11)
+    for k in range(8):
+        true = rng.integers(0, 6, (3, 12, 14))
+        pred = rng.integers(0 if k % 2 else 1, 5, (3, 12, 14))  # with and without predicted 0
+        got = Contingency().add(true, pred).cremi()
+        arand, split, merge, score = _cremi_toolkit(true, pred)
+        assert got == pytest.approx((score, arand, split, merge), abs=1e-12)
+        assert (split, merge) == pytest.approx(
+            tuple(variation_of_information(true, pred, ignore_labels=(0,)))
+        )
+    # identical partitions score 0; the hand case of the evaluate docs: sqrt(1/3 * 1 bit)
+    same = Contingency().add(true, true).cremi()
+    assert same.score == pytest.approx(0, abs=1e-9)
+    hand = Contingency().add(np.array([[1, 1, 2, 2], [1, 1, 3, 3]]), np.array([[5, 5, 7, 7], [6, 6, 7, 7]]))
+    assert hand.cremi() == pytest.approx((math.sqrt(1 / 3), 1 / 3, 0.5, 0.5))
+    assert hand.adapted_rand().error == pytest.approx(0.5)  # pairs of distinct pixels: 8 of 16
+
+
+# ============================================================================ per-object errors
+def test_objects_name_the_split_and_the_merge_first():
+    true = np.array([[1, 1, 2, 2], [1, 1, 3, 3]])
+    pred = np.array([[5, 5, 7, 7], [6, 6, 7, 7]])
+    table = Contingency().add(true, pred)
+    splits, merges = table.objects("true"), table.objects("pred")
+    assert splits.labels.tolist() == [1, 2, 3] and splits.pieces.tolist() == [2, 1, 1]
+    assert splits.voi.tolist() == pytest.approx([0.5, 0, 0]) and splits.largest_label[0] == 5
+    assert merges.labels.tolist() == [7, 5, 6] and merges.pieces.tolist() == [2, 1, 1]
+    assert merges.sizes[0] == 4 and merges.largest[0] == 2 and merges.largest_label[0] == 2
+    with pytest.raises(OptionError, match="side"):
+        table.objects("both")
+
+
+def test_objects_agree_with_brute_force_and_sum_to_the_voi():
+    rng = np.random.default_rng(5)
+    true = rng.integers(0, 9, (4, 10, 10))
+    pred = rng.integers(0, 7, (4, 10, 10))
+    table = Contingency().add(true, pred)
+    voi = table.voi()
+    n = np.count_nonzero(true)
+    for side, own, other, total in (("true", true, pred, voi.split), ("pred", pred, true, voi.merge)):
+        errors = table.objects(side)
+        assert errors.voi.sum() == pytest.approx(total, abs=1e-12)
+        assert np.all(np.diff(errors.voi) <= 1e-15)  # worst first
+        for label, size, pieces, largest, partner, v in zip(*errors, strict=True):
+            here = (own == label) & (true != 0)
+            others, counts = np.unique(other[here], return_counts=True)
+            assert (size, pieces, largest) == (here.sum(), others.size, counts.max())
+            assert partner == others[np.argmax(counts)]
+            assert v == pytest.approx((counts * np.log2(size / counts)).sum() / n, abs=1e-12)
+
+
+def test_label_boxes_and_their_accumulation_match_brute_force():
+    from volseg.core.metrics import BoundingBoxes, label_boxes
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 6, (5, 9, 11)).astype(np.uint32)
+    labels[labels == 4] = 0  # a label that is absent
+    huge = np.array([0, 2**64 - 1, 2**40, 3, 99, 12], np.uint64)  # the compacting path
+    for ids_map in (np.arange(6, dtype=np.uint64), huge):
+        volume = ids_map[labels]
+        ids, lo, hi = label_boxes(volume, origin=(100, 0, 7))
+        assert ids.tolist() == sorted(set(volume[volume != 0].tolist()))
+        for label, a, b in zip(ids, lo, hi, strict=True):
+            where = np.nonzero(volume == label)
+            assert a.tolist() == [w.min() + o for w, o in zip(where, (100, 0, 7), strict=True)]
+            assert b.tolist() == [w.max() + 1 + o for w, o in zip(where, (100, 0, 7), strict=True)]
+        streamed = BoundingBoxes(3)
+        for z in range(volume.shape[0]):  # section by section, as evaluate adds them
+            streamed.add(volume[z : z + 1], origin=(100 + z, 0, 7))
+        got_lo, got_hi = streamed.lookup(np.r_[ids, np.uint64(4)])
+        np.testing.assert_array_equal(got_lo[:-1], lo)
+        np.testing.assert_array_equal(got_hi[:-1], hi)
+        assert got_lo[-1].tolist() == [-1, -1, -1] and len(streamed) == ids.size
+    empty = label_boxes(np.zeros((2, 3), np.uint8))
+    assert empty[0].size == 0 and empty[1].shape == (0, 2)
+    with pytest.raises(OptionError, match="origin"):
+        label_boxes(np.ones((2, 2), np.uint8), origin=(1, 2, 3))

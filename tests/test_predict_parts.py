@@ -64,6 +64,12 @@ def test_bad_parts_are_refused(bad):
         PredictOptions(part=bad)
 
 
+def test_a_part_never_overwrites():
+    """Each job of the array would delete the others' chunks."""
+    with pytest.raises(OptionError, match="--part 1/2 and --overwrite exclude each other"):
+        PredictOptions(part="1/2", overwrite=True)
+
+
 def test_a_job_array_started_at_once_writes_the_single_run(inputs, tmp_path):
     image, model = inputs
     out = tmp_path / "array.zarr"

@@ -189,6 +189,8 @@ def test_cli_preview_and_its_errors(tmp_path):
         (["--overlay", str(tmp_path / "m.zarr")], "does not overlap"),
         (["--level", "x"], "--level"),
         (["-o", str(tmp_path / "a.jpg")], ".png"),
+        (["--panel", "2147483648"], "--panel 2147483648: must be 16..8192"),  # found by the fuzz suite
+        (["--columns", "99999999999999999999"], "--columns"),
     ]:
         argv = ["preview", str(tmp_path / "i.zarr"), *args]
         if "-o" not in args:

@@ -149,6 +149,7 @@ _INSTANCE_COLUMNS = (
     ("adapted_rand_error", "adapted Rand error"),
     ("voi_split", "VOI split"),
     ("voi_merge", "VOI merge"),
+    ("cremi_score", "CREMI score"),
     ("v_rand", "V_rand"),
     ("v_info", "V_info"),
 )
@@ -171,7 +172,29 @@ def print_report(report: EvaluateResult) -> None:
     table.add_section()
     table.add_row("[bold]all[/bold]", *(f"[bold]{_score(report.overall.get(k))}[/bold]" for k, _ in columns))
     console.print(table)
+    for line in _worst_objects(report):
+        console.print(line)
     console.print(_report_footer(report))
+
+
+def _worst_objects(report: EvaluateResult) -> list[str]:
+    """A line each for the worst split truth object and the worst merging segment (--json lists more)."""
+    lists = report.objects or {}
+    lines = []
+    for key, what, count in (("splits", "split", "segments"), ("merges", "merge", "truth_objects")):
+        part = lists.get(key) or {}
+        listed = part.get("listed") or []
+        if not listed:
+            continue
+        o, box = listed[0], listed[0].get("bbox")
+        where = f" at {', '.join(f'{ax} {a}:{b}' for ax, (a, b) in box.items())}" if box else ""
+        owner = "truth object" if key == "splits" else "segment"
+        lines.append(
+            f"worst {what}: {owner} {o['id']} ({o['voxels']} voxels, {o[count]} "
+            f"{count.replace('_', ' ')}, VOI {what} {o[f'voi_{what}']:.4f}){where}; "
+            f"{part.get(f'{what}_objects')} of {part.get('objects')} {what}"
+        )
+    return lines
 
 
 def _score(value: float | int | None) -> str:

@@ -10,9 +10,12 @@ Two groups here, and the ISBI 2012 protocol built on them in :mod:`volseg.core.i
   recall. Counts add, so they stream over batches or blocks.
 - **Instance metrics** from a sparse contingency table of (true label, predicted label)
   pixel counts (:class:`Contingency`): adapted Rand error and variation of information
-  as in ``skimage.metrics``, and the foreground-restricted V_rand and V_info of
-  Arganda-Carreras et al. (2015). The table accumulates block by block and merges, so a
-  huge volume is scored with memory bounded by the number of distinct label pairs.
+  as in ``skimage.metrics``, the CREMI score (:func:`cremi_score`, :meth:`Contingency.cremi`),
+  the foreground-restricted V_rand and V_info of Arganda-Carreras et al. (2015), and
+  per-object split and merge errors (:meth:`Contingency.objects`). The table accumulates
+  block by block and merges, so a huge volume is scored with memory bounded by the number
+  of distinct label pairs. :class:`BoundingBoxes` accumulates where each label lies the
+  same way, so that the worst objects can be found.
 
 Argument order follows the callers: the functional API takes the prediction first
 (``rand_info_scores(pred, true)``, ``pixel_scores(pred, truth)``); :meth:`Contingency.add` takes
@@ -28,17 +31,23 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
+import scipy.ndimage as ndi
 from scipy import sparse
 
 from volseg.errors import InputError, OptionError
 
 __all__ = [
     "AdaptedRand",
+    "BoundingBoxes",
     "ConfusionCounts",
     "Contingency",
+    "CremiScore",
+    "ObjectErrors",
     "TableSums",
     "VariationOfInformation",
     "as_bool",
+    "cremi_score",
+    "label_boxes",
     "pair_counts",
     "pixel_scores",
     "rand_info_scores",
@@ -170,6 +179,87 @@ class VariationOfInformation(NamedTuple):
 
     split: float
     merge: float
+
+
+class CremiScore(NamedTuple):
+    """The CREMI challenge's neuron score and its parts, as its toolkit computes them.
+
+    ``score = sqrt(adapted_rand_error * (voi_split + voi_merge))`` (:func:`cremi_score`), with
+    the VOI in bits and the toolkit's adapted Rand error (pairs counted with ``n_ij^2``;
+    see :meth:`Contingency.cremi`). Lower is better; 0 is perfect.
+    """
+
+    score: float
+    adapted_rand_error: float
+    voi_split: float
+    voi_merge: float
+
+
+class ObjectErrors(NamedTuple):
+    """Per-object errors of one side of a contingency table, worst first.
+
+    For the truth side (splits): each true object, how many predicted segments cover it, and
+    its share of VOI split. For the prediction side (merges): each predicted segment, how many
+    true objects it covers, and its share of VOI merge. All arrays have one entry per object.
+
+    Attributes
+    ----------
+    labels
+        The objects' labels (uint64).
+    sizes
+        Counted voxels of each object (int64).
+    pieces
+        Number of labels of the other side that overlap it (1: no error).
+    largest
+        Voxels in its largest overlap (int64).
+    largest_label
+        The label of the other side with that overlap (uint64; the smaller label on ties).
+    voi
+        Its contribution in bits to VOI split (truth side) or merge (prediction side):
+        ``sum_i n_ij log2(size_j / n_ij) / N``; the contributions sum to the VOI part.
+    """
+
+    labels: np.ndarray
+    sizes: np.ndarray
+    pieces: np.ndarray
+    largest: np.ndarray
+    largest_label: np.ndarray
+    voi: np.ndarray
+
+    def take(self, index: Any) -> ObjectErrors:
+        """The objects at ``index`` (a slice, mask or integer array), as another :class:`ObjectErrors`."""
+        return ObjectErrors(*(a[index] for a in self))
+
+
+def cremi_score(arand: float, voi_split: float, voi_merge: float) -> float:
+    """The CREMI score ``sqrt(arand * (voi_split + voi_merge))``: the geometric mean of ARAND and VOI.
+
+    Parameters
+    ----------
+    arand
+        Adapted Rand error in ``[0, 1]``.
+    voi_split, voi_merge
+        The two parts of the variation of information, in bits (the CREMI toolkit's log base).
+
+    Returns
+    -------
+    float
+        0 for a perfect segmentation, larger is worse; NaN when any part is NaN.
+
+    Examples
+    --------
+    >>> cremi_score(0.5, 0.0, 1.0)
+    0.7071067811865476
+    """
+    values = {"arand": arand, "voi_split": voi_split, "voi_merge": voi_merge}
+    for name, value in values.items():
+        if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool):
+            raise OptionError(f"cremi_score: {name}={value!r} is not a number; pass the score as a float")
+        if value < 0:
+            raise OptionError(f"cremi_score: {name}={value} is negative; pass an error (>= 0), not a score")
+    if any(math.isnan(v) for v in values.values()):
+        return math.nan
+    return math.sqrt(float(arand) * (float(voi_split) + float(voi_merge)))
 
 
 @dataclass(frozen=True)
@@ -393,6 +483,69 @@ class Contingency:
         merge = (s.xlx_pred - s.xlx_joint) / s.n / _LN2
         return VariationOfInformation(split=max(0.0, split), merge=max(0.0, merge))
 
+    def cremi(self) -> CremiScore:
+        """The CREMI score with the CREMI toolkit's adapted Rand error and VOI in bits.
+
+        The toolkit (cremi/cremi_python, ``cremi/evaluation/rand.py``) counts pairs as
+        ``sum n_ij^2`` (a pixel with itself included, not ``n_ij (n_ij - 1)`` as
+        :meth:`adapted_rand` and scikit-image do), leaves predicted label 0 out of the sums and
+        adds ``c / N`` to both the prediction's and the joint sum, ``c`` being the counted pixels
+        that the prediction labels 0. Its VOI (``voi.py``, log2) is :meth:`voi`. NaN when empty.
+        """
+        voi = self.voi()
+        t, p, c = self.table
+        n = float(c.sum())
+        if n == 0:
+            return CremiScore(math.nan, math.nan, math.nan, math.nan)
+        c = c.astype(np.float64)
+        true_sizes = _group_sums(t, c)
+        fg = p != 0
+        zero_term = float(c[~fg].sum()) / n
+        pred_sizes = _group_sums(p[fg], c[fg])
+        sum_true = float(true_sizes @ true_sizes)
+        sum_pred = float(pred_sizes @ pred_sizes) + zero_term
+        sum_joint = float(c[fg] @ c[fg]) + zero_term
+        precision, recall = sum_joint / sum_pred, sum_joint / sum_true
+        error = 1.0 - 2.0 * precision * recall / (precision + recall) if precision + recall else 1.0
+        error = min(1.0, max(0.0, error))
+        return CremiScore(cremi_score(error, *voi), error, voi.split, voi.merge)
+
+    def objects(self, side: Literal["true", "pred"] = "true") -> ObjectErrors:
+        """Per-object errors, worst first: split true objects (``"true"``) or merging segments (``"pred"``).
+
+        Sorted by VOI contribution (largest first), then by size (largest first), then by label.
+        Predicted label 0 is a segment like any other, as in :meth:`voi`.
+
+        Examples
+        --------
+        >>> t = Contingency().add(np.array([[1, 1, 2, 2]]), np.array([[5, 6, 7, 7]]))
+        >>> t.objects("true").labels.tolist(), t.objects("true").pieces.tolist()
+        ([1, 2], [2, 1])
+        """
+        if side not in ("true", "pred"):
+            raise OptionError(f"Contingency.objects: side={side!r}; use 'true' (splits) or 'pred' (merges)")
+        t, p, c = self.table
+        own, other = (t, p) if side == "true" else (p, t)
+        if side == "pred":  # group by the predicted label: sort the pairs by it
+            order = np.lexsort((other, own))
+            own, other, c = own[order], other[order], c[order]
+        if own.size == 0:
+            empty_u, empty_i = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+            return ObjectErrors(empty_u, empty_i, empty_i, empty_i, empty_u, np.zeros(0))
+        starts = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])
+        sizes = np.add.reduceat(c, starts)
+        pieces = np.diff(np.r_[starts, own.size])
+        group = np.repeat(np.arange(starts.size), pieces)
+        # largest overlap per object and its label (first maximum: the smaller label on ties)
+        rank = np.lexsort((other, -c, group))
+        first = rank[starts]
+        cf = c.astype(np.float64)
+        contribution = cf * np.log2(sizes[group] / cf)
+        voi = np.add.reduceat(contribution, starts) / float(c.sum())
+        result = ObjectErrors(own[starts], sizes, pieces, c[first], other[first], np.maximum(voi, 0.0))
+        worst = np.lexsort((result.labels, -result.sizes, -result.voi))
+        return result.take(worst)
+
 
 def rand_info_scores(
     pred_labels: Any, true_labels: Any, *, pred_background: PredBackground = "singletons"
@@ -411,6 +564,141 @@ def rand_info_scores(
     """
     table = Contingency(ignore_labels=(0,)).add(true_labels, pred_labels)
     return table.v_rand(pred_background), table.v_info(pred_background)
+
+
+# ============================================================================ where labels lie
+def label_boxes(
+    labels: Any, origin: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bounding boxes of the nonzero labels of one block.
+
+    Parameters
+    ----------
+    labels
+        Integer label block, any number of dimensions; 0 is background.
+    origin
+        Where the block starts (added to the boxes); default: the origin.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(ids, lo, hi)``: the sorted labels present (uint64, shape ``(K,)``) and their boxes,
+        ``[lo, hi)`` per axis (int64, shape ``(K, ndim)``).
+
+    Examples
+    --------
+    >>> ids, lo, hi = label_boxes(np.array([[0, 3, 3], [5, 0, 3]]), origin=(10, 0))
+    >>> ids.tolist(), lo.tolist(), hi.tolist()
+    ([3, 5], [[10, 1], [11, 0]], [[12, 3], [12, 1]])
+    """
+    a = _as_labels(labels, "labels")
+    start = np.zeros(a.ndim, np.int64) if origin is None else np.asarray(origin, np.int64)
+    if start.shape != (a.ndim,):
+        raise OptionError(f"label_boxes: origin {tuple(start)} has not one entry per axis of {a.shape}")
+    if a.size == 0 or not a.any():
+        return np.zeros(0, np.uint64), np.zeros((0, a.ndim), np.int64), np.zeros((0, a.ndim), np.int64)
+    top = int(a.max())
+    if top <= max(4 * a.size, 1 << 16):  # small ids: one O(N) pass of find_objects over the ids
+        ids, dense = None, a.astype(np.intp, copy=False)
+    else:  # sparse huge ids: compact them first
+        ids, inverse = np.unique(a, return_inverse=True)
+        dense = inverse.reshape(a.shape).astype(np.intp) + (ids[0] != 0)
+        ids = ids[ids != 0]
+    found = ndi.find_objects(dense)
+    present = [i for i, box in enumerate(found) if box is not None]
+    lo = np.array([[sl.start for sl in found[i]] for i in present], np.int64).reshape(-1, a.ndim)
+    hi = np.array([[sl.stop for sl in found[i]] for i in present], np.int64).reshape(-1, a.ndim)
+    labels_out = np.asarray(present, np.uint64) + np.uint64(1) if ids is None else ids.astype(np.uint64)
+    return labels_out, lo + start, hi + start
+
+
+class BoundingBoxes:
+    """Bounding boxes of labels, accumulated block by block (:meth:`add`) and across workers (:meth:`merge`).
+
+    A label seen in several blocks gets the union of its boxes, so a 3-D object's box spans
+    every section it is in. Memory is bounded by the number of distinct labels.
+
+    Examples
+    --------
+    >>> boxes = BoundingBoxes(2)
+    >>> _ = boxes.add(np.array([[7, 0]]), origin=(0, 0)).add(np.array([[0, 7]]), origin=(4, 0))
+    >>> lo, hi = boxes.lookup(np.array([7], np.uint64))
+    >>> lo.tolist(), hi.tolist()
+    ([[0, 0]], [[5, 2]])
+    """
+
+    def __init__(self, ndim: int = 3) -> None:
+        self.ndim = int(ndim)
+        self._ids = np.zeros(0, np.uint64)
+        self._lo = np.zeros((0, self.ndim), np.int64)
+        self._hi = np.zeros((0, self.ndim), np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_len = 0
+
+    def __len__(self) -> int:
+        self._compact()
+        return int(self._ids.size)
+
+    def add(self, labels: Any, origin: Sequence[int] | None = None) -> BoundingBoxes:
+        """Add the nonzero labels of one block lying at ``origin``; returns ``self``."""
+        return self._append(label_boxes(labels, origin))
+
+    def extend(self, ids: Any, lo: Any, hi: Any) -> BoundingBoxes:
+        """Add boxes ``[lo, hi)`` (``(K, ndim)``) of labels ``ids`` (``(K,)``); returns ``self``."""
+        ids = np.asarray(ids, np.uint64).ravel()
+        lo, hi = (
+            np.asarray(lo, np.int64).reshape(-1, self.ndim),
+            np.asarray(hi, np.int64).reshape(-1, self.ndim),
+        )
+        if not ids.size == lo.shape[0] == hi.shape[0]:
+            raise OptionError(f"BoundingBoxes.extend: {ids.size} ids but {lo.shape[0]} / {hi.shape[0]} boxes")
+        return self._append((ids, lo, hi))
+
+    def merge(self, other: BoundingBoxes) -> BoundingBoxes:
+        """Add another accumulator's boxes into this one; returns ``self``."""
+        if other.ndim != self.ndim:
+            raise OptionError(f"BoundingBoxes.merge: ndim differs ({self.ndim} vs {other.ndim})")
+        other._compact()
+        return self._append((other._ids, other._lo, other._hi))
+
+    def _append(self, boxes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> BoundingBoxes:
+        if boxes[1].shape[1:] != (self.ndim,):
+            raise OptionError(
+                f"BoundingBoxes: boxes of {boxes[1].shape[1:]} axes added to a {self.ndim}-D one"
+            )
+        self._pending.append(boxes)
+        self._pending_len += boxes[0].size
+        if self._pending_len > max(self._ids.size, 1 << 18):
+            self._compact()
+        return self
+
+    def _compact(self) -> None:
+        if not self._pending:
+            return
+        parts = [(self._ids, self._lo, self._hi), *self._pending]
+        ids = np.concatenate([q[0] for q in parts])
+        lo = np.concatenate([q[1] for q in parts])
+        hi = np.concatenate([q[2] for q in parts])
+        order = np.argsort(ids, kind="stable")
+        ids, lo, hi = ids[order], lo[order], hi[order]
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if ids.size else np.zeros(0, np.intp)
+        if ids.size:
+            self._ids = ids[starts]
+            self._lo = np.minimum.reduceat(lo, starts, axis=0)
+            self._hi = np.maximum.reduceat(hi, starts, axis=0)
+        self._pending, self._pending_len = [], 0
+
+    def lookup(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The boxes ``(lo, hi)`` of ``ids`` (shape ``(K, ndim)`` each); -1 where a label was never seen."""
+        self._compact()
+        want = np.asarray(ids, np.uint64).ravel()
+        at = np.searchsorted(self._ids, want)
+        found = at < self._ids.size
+        found[found] = self._ids[at[found]] == want[found]
+        lo = np.full((want.size, self.ndim), -1, np.int64)
+        hi = np.full((want.size, self.ndim), -1, np.int64)
+        lo[found], hi[found] = self._lo[at[found]], self._hi[at[found]]
+        return lo, hi
 
 
 # ---------------------------------------------------------------------------- table helpers

@@ -50,6 +50,11 @@ __all__ = ["PreviewOptions", "PreviewResult", "choose_level", "parse_sections", 
 STYLES = ("fill", "outline", "both")
 
 
+#: The largest panel side and number of columns: a picture, not a full-resolution export (beyond them the PNG
+#: would be gigapixels, and the image library refuses sizes past 2**31).
+MAX_PANEL, MAX_COLUMNS = 8192, 256
+
+
 @dataclass(frozen=True)
 class PreviewOptions:
     """How the montage looks.
@@ -79,10 +84,12 @@ class PreviewOptions:
     alpha: float = 0.45
 
     def __post_init__(self) -> None:
-        if self.panel < 16:
-            raise OptionError(f"--panel {self.panel}: must be at least 16 pixels")
-        if self.columns < 1:
-            raise OptionError(f"--columns {self.columns}: must be at least 1")
+        if not 16 <= self.panel <= MAX_PANEL:
+            raise OptionError(
+                f"--panel {self.panel}: must be 16..{MAX_PANEL} pixels (the longer side of a panel)"
+            )
+        if not 1 <= self.columns <= MAX_COLUMNS:
+            raise OptionError(f"--columns {self.columns}: must be 1..{MAX_COLUMNS}")
         if self.style not in STYLES:
             raise OptionError(f"--style {self.style!r}: use one of {', '.join(STYLES)}")
         if not 0.0 <= self.alpha <= 1.0:

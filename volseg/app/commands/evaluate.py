@@ -70,12 +70,20 @@ def evaluate_cmd(
             "segmented."
         ),
     ] = InstanceMode.auto,
+    objects: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Labels: list this many of the worst split truth objects and merging segments "
+            "(ids, voxels, bounding boxes) in the --json report; 0: none.",
+        ),
+    ] = 50,
     json_path: Annotated[
         Path | None,
         typer.Option("--json", help="Also write the report as JSON to this file (never one of the inputs)."),
     ] = None,
 ) -> None:
-    """Score a prediction against ground truth: pixel error, Dice, IoU, V_rand, V_info, adapted Rand, VOI.
+    """Score a prediction against ground truth: pixel error, Dice, IoU, V_rand, V_info, ARAND, VOI, CREMI.
 
     Per section and overall, one section at a time; probabilities and masks get pixel and ISBI 2012 scores,
     label volumes get instance scores. A prediction of an ROI is scored on the part of the truth it covers.
@@ -91,6 +99,7 @@ def evaluate_cmd(
         threshold=threshold,
         isbi=isbi,
         instance_mode=instance_mode.value,
+        objects=objects,
     )
     report = evaluate(pred, truth, options=opts, sections=sections, json_path=json_path)
     print_report(report)

@@ -9,8 +9,10 @@ binary (a probability or mask volume)
     thinning, best over thresholds 0.0..1.0 in steps of 0.1), per section and overall.
 instance (a label volume, e.g. from ``volseg segment``)
     Adapted Rand error (with its precision and recall), variation of information (split,
-    merge) and the foreground-restricted V_rand and V_info, accumulated in one streaming
-    :class:`volseg.core.metrics.Contingency` over the sections. The truth is either instance
+    merge, bits), the CREMI score and the foreground-restricted V_rand and V_info, accumulated
+    in one streaming :class:`volseg.core.metrics.Contingency` over the sections (batch by batch),
+    per section or as one 3-D partition (``instance_mode``), and the worst split truth objects
+    and merging segments with their bounding boxes (``objects``). The truth is either instance
     labels (a label volume) or a binary truth whose cells are the 4-connected components
     of the non-membrane pixels of each section.
 

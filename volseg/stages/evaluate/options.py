@@ -38,6 +38,10 @@ class EvaluateOptions:
         Instance evaluation: ``"2d"`` scores each section's segments on their own (ids are
         made section-specific, as in ISBI 2012), ``"3d"`` takes ids as 3-D objects;
         ``"auto"``: 3-D when the prediction was segmented in 3-D, else 2-D.
+    objects
+        Instance evaluation: list at most this many of the worst split truth objects and of the
+        worst merging predicted segments in the report (``objects``), with their ids, sizes and
+        bounding boxes; 0: no lists (and no bounding boxes to compute).
     """
 
     sections: tuple[int, ...] | None = None
@@ -46,8 +50,13 @@ class EvaluateOptions:
     threshold: float = 0.5
     isbi: bool = True
     instance_mode: str = "auto"
+    objects: int = 50
 
     def __post_init__(self) -> None:
+        if isinstance(self.objects, bool) or not isinstance(self.objects, int) or self.objects < 0:
+            raise OptionError(
+                f"--objects {self.objects!r}: give a whole number >= 0 (0: no object lists), e.g. 50"
+            )
         if self.foreground_kind is not None and self.foreground_kind not in FOREGROUND_KINDS:
             raise OptionError(
                 f"--foreground-kind {self.foreground_kind!r}: use one of {', '.join(FOREGROUND_KINDS)}"
@@ -107,6 +116,10 @@ class EvaluateResult:
         The scores over all scored sections.
     sections
         One row of scores per section, with its ``section`` index.
+    objects
+        Instance: the worst split truth objects and merging segments (``splits``, ``merges``:
+        each with the number of objects, how many are wrong, the ``listed`` ones worst first and
+        how many are ``not_listed``); ``None`` for binary evaluations or ``objects=0``.
     isbi
         Binary with ISBI scores: the thresholds and the score curves over them; else ``None``.
     instance_mode, truth_cells, counted_pixels
@@ -127,6 +140,7 @@ class EvaluateResult:
     threshold: float | None
     overall: Scores
     sections: list[Scores]
+    objects: dict[str, Any] | None
     isbi: dict[str, Any] | None
     instance_mode: str | None
     truth_cells: str | None
@@ -145,4 +159,4 @@ class EvaluateResult:
         return cls(**values)
 
 
-_OPTIONAL = ("threshold", "isbi", "instance_mode", "truth_cells", "counted_pixels")
+_OPTIONAL = ("threshold", "objects", "isbi", "instance_mode", "truth_cells", "counted_pixels")

@@ -141,7 +141,11 @@ class PredictOptions:
         _check_choices(self)
         _check_sizes(self)
         _check_scheduler(self)
-        _ = self.part_of
+        _need(
+            not (self.part_of and self.overwrite),
+            f"--part {self.part} and --overwrite exclude each other: each job of the array would delete the "
+            "others' work; delete the output once before submitting the array",
+        )
         if self.cluster is not None:
             object.__setattr__(self, "cluster", os.fspath(self.cluster))  # recorded as text
             spec = self.cluster_spec  # read and checked now, before anything is loaded or written
