@@ -488,6 +488,12 @@ def doc_section(r: dict[str, Any]) -> str:
             f"**A `--quick` run ({zyx(full['shape'])}), to check the script: not the night size.** The "
             "figures below are of that run; a run at the default size (64 x 4096 x 4096) replaces them.",
         ]
+    elif full["voxels"] < 1e9:
+        lines += [
+            "",
+            f"**A run of {full['voxels'] / 1e9:.3f} Gvox ({zyx(full['shape'])}): smaller than the night "
+            "(at least 1 Gvox).** A run at the default size (64 x 4096 x 4096) replaces these figures.",
+        ]
     lines += [
         "",
         "| stage | seconds | Mvox/s | CPU seconds | peak RSS MiB | share | peak RSS MiB at depth / 4 "
