@@ -303,13 +303,19 @@ class Location:
         self.__dict__.update(state)
 
     # ---- objects
+    def _fresh_fs(self, path: str | None = None) -> Any:
+        """The filesystem with its listing cache for ``path`` (default: this location) dropped: other jobs
+        write the same prefixes, so what this process listed before may be out of date."""
+        fs = self.fs
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            fs.invalidate_cache(self.fs_path if path is None else path)
+        return fs
+
     def exists(self) -> bool:
         """An object at this key, or any object under it as a prefix (fsspec's ``exists`` would hide
         refused credentials and dead endpoints as "absent": ``info`` lets them through)."""
         with storage_errors(self):
-            fs = self.fs
-            with contextlib.suppress(AttributeError, NotImplementedError):
-                fs.invalidate_cache(self.fs_path)
+            fs = self._fresh_fs()
             try:
                 fs.info(self.fs_path)
             except FileNotFoundError:
@@ -318,10 +324,7 @@ class Location:
 
     def is_file(self) -> bool:
         with storage_errors(self):
-            fs = self.fs
-            with contextlib.suppress(AttributeError, NotImplementedError):
-                fs.invalidate_cache(self.fs_path)
-            return bool(fs.isfile(self.fs_path))
+            return bool(self._fresh_fs().isfile(self.fs_path))
 
     def is_symlink(self) -> bool:  # object stores have no links
         return False
@@ -344,9 +347,7 @@ class Location:
     def find(self) -> list[str]:
         """The keys of every object under this prefix, relative to it."""
         with storage_errors(self):
-            fs = self.fs
-            with contextlib.suppress(AttributeError, NotImplementedError):
-                fs.invalidate_cache(self.fs_path)
+            fs = self._fresh_fs()
             try:
                 found = fs.find(self.fs_path)
             except FileNotFoundError:
@@ -563,9 +564,7 @@ def check(loc: Location, *, writing: bool) -> None:
     if loc.protocol in ("s3", "gs", "gcs") and (writing or not loc.options.get("anon")):
         # (a public bucket may refuse anonymous HEAD or LIST of the bucket but serve its objects)
         with storage_errors(loc):
-            fs = loc.fs
-            with contextlib.suppress(AttributeError, NotImplementedError):
-                fs.invalidate_cache(loc.bucket)
+            fs = loc._fresh_fs(loc.bucket)
             try:
                 fs.info(loc.bucket)
                 found = True

@@ -16,10 +16,24 @@ from volseg.storage.locations import Location
 
 Volume = Any  # a volseg.storage.volumes.Volume (which imports this module to describe itself)
 
-__all__ = ["SEGMENT_UNITS", "part_rows", "segment_part_rows", "segment_units", "unit_file_name"]
+__all__ = ["SEGMENT_UNITS", "parse_part", "part_rows", "segment_part_rows", "segment_units", "unit_file_name"]
 
 #: Where segment keeps the side files of pass 1, inside the output volume.
 SEGMENT_UNITS = ".volseg/segment/units"
+
+
+def parse_part(text: object) -> tuple[int, int]:
+    """``"K/N"`` (``--part``) as ``(K, N)`` with ``1 <= K <= N``; anything else is one OptionError line."""
+    from volseg.errors import OptionError
+
+    k, sep, n = str(text).partition("/")
+    try:
+        kn = int(k), int(n)
+    except ValueError:
+        kn = (0, 0)
+    if not sep or not 1 <= kn[0] <= kn[1]:
+        raise OptionError(f"--part {text!r}: write K/N with 1 <= K <= N, e.g. --part 3/8")
+    return kn
 
 
 def part_rows(vol: Volume) -> dict[str, Any]:

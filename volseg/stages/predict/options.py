@@ -156,14 +156,9 @@ class PredictOptions:
         """``(K, N)`` of ``part``, checked; ``None`` without it."""
         if self.part is None:
             return None
-        k, sep, n = str(self.part).partition("/")
-        try:
-            kn = int(k), int(n)
-        except ValueError:
-            kn = (0, 0)
-        if not sep or not 1 <= kn[0] <= kn[1]:
-            raise OptionError(f"--part {self.part!r}: write K/N with 1 <= K <= N, e.g. --part 3/8")
-        return kn
+        from volseg.storage.shares import parse_part
+
+        return parse_part(self.part)
 
     @property
     def remote(self) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from volseg.core import preempt
 from volseg.errors import OptionError
+from volseg.storage import shares
 
 __all__ = [
     "PART_WAIT_S",
@@ -57,13 +58,7 @@ def parse_part(part: str | None, wait: float, overwrite: bool) -> Part | None:
         raise OptionError(f"--part-wait {wait}: use 0 (do not wait) to 604800 seconds, e.g. 600")
     if part is None:
         return None
-    k, sep, n = str(part).partition("/")
-    try:
-        kn = int(k), int(n)
-    except ValueError:
-        kn = (0, 0)
-    if not sep or not 1 <= kn[0] <= kn[1]:
-        raise OptionError(f"--part {part!r}: write K/N with 1 <= K <= N, e.g. --part 3/8")
+    kn = shares.parse_part(part)
     if overwrite:
         raise OptionError(
             "--part and --overwrite exclude each other: every job of the array would start the output "
