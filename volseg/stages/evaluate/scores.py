@@ -127,9 +127,13 @@ def _section_ids(labels: np.ndarray, z: int, plane: int) -> tuple[np.ndarray, np
 
 @dataclass
 class _Side:
-    """One volume's labels of one section, as they enter the table, and where its objects lie."""
+    """One volume's labels of one section, as they enter the table, and where its objects lie.
 
-    ids: np.ndarray
+    ``ids`` is dropped (``None``) once the section's table is built: a section's result carries its
+    table, boxes and names back to the accumulator, never its voxels.
+    """
+
+    ids: np.ndarray | None
     boxes: BoundingBoxes | None = None
     names: tuple[np.ndarray, np.ndarray] | None = None  # 2-D: (section-specific id, original label)
 
@@ -181,7 +185,9 @@ def _instance_section(
         t = truth_cells(t)
     true = _side(t, z, plane, two_d or truth_cells is not None, origin, boxes)
     guess = _side(p, z, plane, two_d, origin, boxes)
-    return _Section(Contingency().add(true.ids, guess.ids), true, guess)
+    table = Contingency().add(true.ids, guess.ids)
+    true.ids = guess.ids = None  # a section's voxels stay in its task
+    return _Section(table, true, guess)
 
 
 def _instance_scores(table: Contingency) -> Scores:
