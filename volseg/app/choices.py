@@ -49,6 +49,7 @@ class SegmentMode(str, enum.Enum):
 class SegmentMethod(str, enum.Enum):
     watershed = "watershed"
     cc = "cc"
+    agglo = "agglo"
 
 
 class SeedKind(str, enum.Enum):

@@ -246,6 +246,7 @@ _KIND_WORDS = {
     "probability": "a probability volume",
     "label": "a label volume",
     "mask": "a mask volume",
+    "affinity": "an affinity volume",
     None: "a volume of unrecorded kind",
 }
 

@@ -7,6 +7,7 @@ without importing each other.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,26 +15,58 @@ import numpy as np
 
 from volseg.errors import InputError
 
-__all__ = ["AXES", "NGFF_VERSION", "check_multiscales", "ome_attrs", "overlap_region", "voxel_offset"]
+__all__ = [
+    "AXES",
+    "CHANNEL_AXES",
+    "NGFF_VERSION",
+    "channel_axis",
+    "check_multiscales",
+    "ome_attrs",
+    "overlap_region",
+    "voxel_offset",
+]
 
 NGFF_VERSION = "0.5"
 AXES = ("z", "y", "x")
+#: A volume of several channels per voxel (affinities): the channel axis first, as OME-Zarr orders axes.
+CHANNEL_AXES = ("c", "z", "y", "x")
+
+
+def channel_axis(ome: Any) -> bool:
+    """Whether the ``ome`` block's axes are ``(c, z, y, x)`` with a first axis of type ``channel``."""
+    try:
+        axes = ome["multiscales"][0]["axes"]
+        return len(axes) == 4 and axes[0].get("type") == "channel"
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return False
 
 
 def ome_attrs(
-    name: str, unit: str | None, levels: Sequence[tuple[str, Sequence[float]]], kind: str
+    name: str,
+    unit: str | None,
+    levels: Sequence[tuple[str, Sequence[float]]],
+    kind: str,
+    channels: bool = False,
 ) -> dict[str, Any]:
+    """The ``ome`` block of a volume; ``levels`` are ``(path, (z, y, x) scale)``.
+
+    With ``channels`` the axes are ``(c, z, y, x)``: a first axis of type ``channel`` with scale 1.
+    """
+    # No unit at all (NGFF allows that) when the physical size is unknown.
+    axes = [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in AXES]
+    lead = [1.0] if channels else []
     ome: dict[str, Any] = {
         "version": NGFF_VERSION,
         "multiscales": [
             {
                 "name": name,
-                # No unit at all (NGFF allows that) when the physical size is unknown.
-                "axes": [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in AXES],
+                "axes": ([{"name": "c", "type": "channel"}] if channels else []) + axes,
                 "datasets": [
                     {
                         "path": path,
-                        "coordinateTransformations": [{"type": "scale", "scale": [float(v) for v in scale]}],
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": lead + [float(v) for v in scale]}
+                        ],
                     }
                     for path, scale in levels
                 ],
@@ -46,7 +79,11 @@ def ome_attrs(
 
 
 def check_multiscales(ome: Any, path: object) -> None:
-    """Refuse an ``ome`` block without a usable level 0 (a scale of 3 positive numbers, 3 axes)."""
+    """Refuse an ``ome`` block without a usable level 0 (a scale of 3 positive numbers, 3 axes).
+
+    A channel volume (:func:`channel_axis`) has 4 of each, the first for the channel axis.
+    """
+    n = 4 if channel_axis(ome) else 3
     ms = ome.get("multiscales") if isinstance(ome, dict) else None
     ok = isinstance(ms, list) and ms and isinstance(ms[0], dict)
     datasets = ms[0].get("datasets") if ok else None
@@ -57,7 +94,7 @@ def check_multiscales(ome: Any, path: object) -> None:
         and datasets
         and all(isinstance(d, dict) and "path" in d for d in datasets)
     )
-    ok = ok and isinstance(axes, list) and len(axes) == 3 and all(isinstance(a, dict) for a in axes)
+    ok = ok and isinstance(axes, list) and len(axes) == n and all(isinstance(a, dict) for a in axes)
     if ok:
         transforms = datasets[0].get("coordinateTransformations")
         scales = (
@@ -65,7 +102,7 @@ def check_multiscales(ome: Any, path: object) -> None:
             if isinstance(transforms, list)
             else []
         )
-        ok = len(scales) == 1 and isinstance(scales[0], list) and len(scales[0]) == 3
+        ok = len(scales) == 1 and isinstance(scales[0], list) and len(scales[0]) == n
         ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in scales[0])
         ok = ok and datasets[0]["path"] == "0"
     if not ok:
@@ -89,6 +126,8 @@ def voxel_offset(ome: Any, ndim: int, level: int = 0, where: object = "the volum
     record; a volume without one lies at ``(0, 0, 0)``. Refused (one line) when the transforms
     are malformed or the translation is not a whole number of voxels.
     """
+    if channel_axis(ome):  # (c, z, y, x): the channel axis does not move
+        return voxel_offset_of_channels(ome, ndim, level, where)
     transforms = _transforms(ome, level, where)
     scale = _vector(where, "scale", [t for t in transforms if t.get("type") == "scale"][:1], ndim)
     if scale is None:
@@ -110,6 +149,18 @@ def voxel_offset(ome: Any, ndim: int, level: int = 0, where: object = "the volum
             "grid: crop it on whole voxels (as 'volseg predict --roi' does)"
         )
     return tuple(int(v) for v in whole)
+
+
+def voxel_offset_of_channels(ome: Any, ndim: int, level: int, where: object) -> tuple[int, ...]:
+    """:func:`voxel_offset` of a ``(c, z, y, x)`` volume: its spatial axes, the channel axis dropped."""
+    stripped = copy.deepcopy(ome)
+    ms = stripped["multiscales"][0]
+    ms["axes"] = ms["axes"][1:]
+    for t in _transforms(stripped, level, where):
+        for key in ("scale", "translation"):
+            if isinstance(t.get(key), list) and len(t[key]) == ndim + 1:
+                t[key] = t[key][1:]
+    return voxel_offset(stripped, ndim, level, where)
 
 
 def _transforms(ome: Any, level: int, where: object) -> list[dict[str, Any]]:

@@ -4,6 +4,12 @@ A volume is a Zarr v3 group holding array ``0`` with axes ``(z, y, x)``, the vox
 size as an OME ``scale`` transform, optional pyramid levels ``1``, ``2``, ..., and a
 ``volseg`` attribute block with provenance and the run's status.
 
+A *channel volume* (affinities: several values per voxel) has axes ``(c, z, y, x)``, the channel
+axis first (OME type ``channel``) and whole in every chunk. Its :attr:`Volume.shape`, chunks and
+blocks are the spatial ones, :attr:`Volume.channels` is C; a block is all channels of a spatial block.
+Only the stages that read channels open one (``open_volume(..., channels=True)``); the others refuse
+it with one line.
+
 Completion record
 -----------------
 Stages write a volume block by block (a block is a chunk, or a shard when the
@@ -41,7 +47,7 @@ from volseg.errors import InputError, OptionError, OutputError, VolsegError
 from volseg.storage import ome
 from volseg.storage.codecs import CODECS, DEFAULT_CODEC, codec_name, parse_codec, resolve_shards, zarr_dtype
 from volseg.storage.locations import Location
-from volseg.storage.ome import AXES, check_multiscales, ome_attrs, overlap_region
+from volseg.storage.ome import AXES, CHANNEL_AXES, channel_axis, check_multiscales, ome_attrs, overlap_region
 from volseg.storage.paths import location, prepare_output
 from volseg.storage.provenance import now, provenance
 from volseg.storage.stores import EVERY_CHUNK, CheckedStore
@@ -64,7 +70,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 DONE_DIR = ".volseg/done"
-KINDS = ("image", "label", "probability", "mask")
+KINDS = ("image", "label", "probability", "mask", "affinity")
 #: Larger than any stack (a side of 2**40 voxels, 2**40 chunks): metadata that says so is damaged.
 _MAX_SIDE, _MAX_CHUNKS = 2**40, 2**40
 
@@ -135,9 +141,19 @@ class Volume:
         arr = self.level(level)
         return da.from_zarr(arr, chunks=chunks or arr.chunks)
 
+    @functools.cached_property
+    def channels(self) -> int | None:
+        """The number of channels of a ``(c, z, y, x)`` volume; None for a ``(z, y, x)`` one."""
+        return int(self.array.shape[0]) if self.array.ndim == 4 else None
+
+    @property
+    def _space(self) -> int:
+        return 1 if self.channels is not None else 0
+
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape)
+        """``(Z, Y, X)``: the spatial shape (a channel volume's channel axis is :attr:`channels`)."""
+        return tuple(self.array.shape[self._space :])
 
     @property
     def dtype(self) -> np.dtype:
@@ -149,12 +165,12 @@ class Volume:
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        return tuple(self.array.chunks)
+        return tuple(self.array.chunks[self._space :])
 
     @property
     def shards(self) -> tuple[int, ...] | None:
         s = self.array.shards
-        return tuple(s) if s else None
+        return tuple(s[self._space :]) if s else None
 
     @property
     def block_shape(self) -> tuple[int, ...]:
@@ -174,12 +190,12 @@ class Volume:
         """Voxel size ``(z, y, x)`` in :attr:`unit`."""
         for t in self._multiscale["datasets"][0]["coordinateTransformations"]:
             if t["type"] == "scale":
-                return tuple(float(v) for v in t["scale"])
+                return tuple(float(v) for v in t["scale"][self._space :])
         return (1.0, 1.0, 1.0)
 
     @property
     def unit(self) -> str:
-        return self._multiscale["axes"][0].get("unit", "")
+        return self._multiscale["axes"][self._space].get("unit", "")
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -250,10 +266,13 @@ class Volume:
         index
             Block index in :attr:`block_grid`.
         data
-            Array of the block's exact shape (smaller at the volume's far edges).
+            Array of the block's exact shape (smaller at the volume's far edges); a channel volume's
+        block is ``(C, z, y, x)``.
         """
         region = self.block_region(index)
         expected = tuple(s.stop - s.start for s in region)
+        if self.channels is not None:
+            region, expected = (slice(None), *region), (self.channels, *expected)
         if tuple(data.shape) != expected:
             raise ValueError(f"block {tuple(index)} needs shape {expected}, got {data.shape}")
         self.array[region] = data
@@ -283,6 +302,8 @@ class Volume:
         region = self.block_region(index)
         first = [s.start // c for s, c in zip(region, self.block_shape, strict=False)]
         root = self.path / "0" / "c"
+        if self.channels is not None:  # the channel axis is one chunk: its index is 0
+            root = root / "0"
         if self.shards:
             files = [root.joinpath(*map(str, first))]
         else:
@@ -346,6 +367,8 @@ class Volume:
         store's folders once, so the cost is one directory walk.
         """
         root = self.path / "0" / "c"
+        if self.channels is not None:  # the channel axis is one chunk: its index is 0
+            root = root / "0"
         found: set[tuple[int, ...]] = set()
         if isinstance(root, Location):
             for key in root.find():
@@ -364,13 +387,16 @@ class Volume:
         every = itertools.product(*(range(n) for n in grid))
         expected = every if self.complete else sorted(self.done_blocks())
         missing = [ix for ix in expected if ix not in found]
-        return len(missing), ["0/c/" + "/".join(map(str, ix)) for ix in missing[:examples]]
+        lead = "0/c/0/" if self.channels is not None else "0/c/"
+        return len(missing), [lead + "/".join(map(str, ix)) for ix in missing[:examples]]
 
     # ---- pyramid
     def add_pyramid(self, levels: int, *, method: str = "mean") -> None:
         """Write 2-D (y, x) downsampled levels ``1..levels`` (factor 2 each), chunk by chunk."""
         from volseg.storage.pyramids import write_levels
 
+        if self.channels is not None:
+            raise OptionError(f"{self.path}: a channel volume has no pyramid levels (they are 2-D (y, x))")
         write_levels(self.group, levels, method=method)
 
 
@@ -393,6 +419,7 @@ def create_volume(
     fill_value: Any = 0,
     provenance_block: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    channels: int | None = None,
 ) -> Volume:
     """Create an empty volume whose status is ``incomplete``.
 
@@ -414,6 +441,9 @@ def create_volume(
         ``image``, ``label``, ``probability`` or ``mask``; labels get OME ``image-label`` metadata.
     overwrite
         Replace an existing volume; otherwise an existing path is refused.
+    channels
+        A channel volume ``(C, Z, Y, X)`` of C channels (e.g. affinities, ``kind="affinity"``): ``shape``,
+        ``chunks`` and ``shards`` stay spatial, and each chunk holds every channel.
     """
     path = _check_path(path)
     shape = tuple(int(s) for s in shape)
@@ -426,6 +456,9 @@ def create_volume(
         raise OptionError(f"voxel size must be three positive numbers (z, y, x), got {tuple(voxel_size)}")
     if kind not in KINDS:
         raise OptionError(f"kind {kind!r} is not one of {KINDS}")
+    if channels is not None and not 1 <= int(channels) <= 4096:
+        raise OptionError(f"{path}: channels {channels!r} must be 1 to 4096")
+    lead = () if channels is None else (int(channels),)
     compressors = parse_codec(codec)
     dtype = zarr_dtype(dtype)
     prepare_output(path, overwrite)
@@ -434,19 +467,19 @@ def create_volume(
         group = zarr.open_group(store, mode="w", zarr_format=3)
         group.create_array(
             "0",
-            shape=shape,
+            shape=lead + shape,
             dtype=dtype,
-            chunks=chunks,
-            shards=shards,
+            chunks=lead + chunks,
+            shards=lead + shards if shards is not None else None,
             compressors=compressors,
             fill_value=fill_value,
-            dimension_names=AXES,
+            dimension_names=CHANNEL_AXES if lead else AXES,
         )
     except OSError as exc:
         raise OutputError(
             f"{path}: cannot write the output ({exc.strerror or exc}); choose a writable location"
         ) from exc
-    attrs = ome_attrs(path.stem, unit, [("0", voxel_size)], kind)
+    attrs = ome_attrs(path.stem, unit, [("0", voxel_size)], kind, channels=bool(lead))
     attrs["volseg"] = {
         "format": FORMAT_VERSION,
         "kind": kind,
@@ -459,7 +492,7 @@ def create_volume(
     return Volume(path, group)
 
 
-def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
+def open_volume(path: str | os.PathLike, mode: str = "r", *, channels: bool = False) -> Volume:
     """Open a volume lazily.
 
     Parameters
@@ -469,6 +502,9 @@ def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
         level ``0``, or a bare Zarr v3 array folder.
     mode
         ``"r"`` to read, ``"r+"`` to resume writing.
+    channels
+        Accept a channel volume ``(c, z, y, x)`` (affinities); otherwise one is refused with a line
+        that says which command reads it.
 
     Returns
     -------
@@ -507,6 +543,12 @@ def open_volume(path: str | os.PathLike, mode: str = "r") -> Volume:
         if isinstance(store, CheckedStore):
             store.strict = bool(vol.meta.get(EVERY_CHUNK))
         _check_metadata(vol)
+        if vol.channels is not None and not channels:
+            raise InputError(
+                f"{path}: holds {vol.channels} channels per voxel ({vol.kind}, axes c, z, y, x); this "
+                "command reads (z, y, x) volumes: cut affinities into cells with "
+                "'volseg segment --method agglo'"
+            )
     except VolsegError:
         raise
     except (Exception, RecursionError) as exc:  # zarr raises many types for corrupt metadata
@@ -528,8 +570,12 @@ def _check_metadata(vol: Volume) -> None:
     bytes (1 chunk: milliseconds).
     """
     path, array = vol.path, vol.array
-    if array.ndim != 3:
-        raise InputError(f"{path}: array '0' has {array.ndim} dimensions; volseg needs (z, y, x)")
+    expected = 4 if channel_axis(vol.group.attrs["ome"]) else 3
+    if array.ndim != expected:
+        raise InputError(
+            f"{path}: array '0' has {array.ndim} dimensions; volseg needs (z, y, x)"
+            + (" or (c, z, y, x) with a channel axis" if array.ndim == 4 else "")
+        )
     if max(array.shape) > _MAX_SIDE or math.prod(_grid(array.shape, array.chunks)) > _MAX_CHUNKS:
         raise InputError(
             f"{path}: array '0' has shape {array.shape} in chunks {array.chunks}, more than any stack holds; "
@@ -556,7 +602,7 @@ def _check_metadata(vol: Volume) -> None:
                 "its metadata or record is damaged (shape or chunks changed?); write it again"
             )
     if vol.complete:
-        first = tuple(slice(0, c) for c in array.chunks)
+        first = tuple(slice(0, c) for c in array.chunks)  # every axis, the channel axis too
         try:
             np.asarray(array[first])
         except VolsegError:
@@ -584,14 +630,15 @@ def volume_info(path: str | os.PathLike) -> dict[str, Any]:
     """Everything ``volseg info`` shows, as a JSON-ready dict."""
     from volseg.storage.shares import part_rows
 
-    vol = open_volume(path)
-    raw = int(np.prod(vol.shape)) * vol.dtype.itemsize
+    vol = open_volume(path, channels=True)
+    raw = int(np.prod(vol.shape)) * (vol.channels or 1) * vol.dtype.itemsize
     stored = _stored_bytes(vol.path)
     meta = vol.meta
     return {
         "path": str(vol.path),
         "kind": vol.kind,
         "shape": list(vol.shape),
+        **({"channels": vol.channels} if vol.channels is not None else {}),
         "dtype": str(vol.dtype),
         "chunks": list(vol.chunks),
         "shards": list(vol.shards) if vol.shards else None,

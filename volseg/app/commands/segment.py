@@ -31,7 +31,11 @@ def segment_cmd(
     ] = SegmentMode.two_d,
     method: Annotated[
         SegmentMethod,
-        typer.Option(help="2-D: seeded watershed, or plain connected components of the interior."),
+        typer.Option(
+            help="2-D: seeded watershed, or plain connected components of the interior; agglo: PROB is an "
+            "affinity volume (c, z, y, x), cut into fragments merged by mean affinity, global ids "
+            "(2d: per section; 3d: linked across sections)."
+        ),
     ] = SegmentMethod.watershed,
     seeds: Annotated[
         SeedKind,
@@ -56,6 +60,14 @@ def segment_cmd(
     min_size: Annotated[
         int, typer.Option(help="Drop segments smaller than this (pixels in 2d, voxels in 3d).")
     ] = 20,
+    merge_threshold: Annotated[
+        float,
+        typer.Option(help="agglo: regions merge while the mean affinity between them is at least this."),
+    ] = 0.5,
+    fragment_threshold: Annotated[
+        float,
+        typer.Option(help="agglo: fragments join in-plane voxel pairs of at least this affinity (>= merge)."),
+    ] = 0.9,
     keep_boundaries: Annotated[
         bool,
         typer.Option(
@@ -152,6 +164,8 @@ def segment_cmd(
         keep_boundaries=keep_boundaries,
         relabel=relabel,
         invert=invert,
+        merge_threshold=merge_threshold,
+        fragment_threshold=fragment_threshold,
     )
     start = time.perf_counter()
 

@@ -143,6 +143,9 @@ def segment(
     """
     opts = options or SegmentOptions()
     check_run_options(chunks, overwrite, resume, scheduler, workers, input_kind)
+    if opts.method == "agglo":
+        return _agglo(prob, out, opts, input_kind, part, cluster, chunks, overwrite, resume, codec,
+                      scheduler, workers, progress)  # fmt: skip
     spec = check_cluster(cluster, scheduler, workers)
     share = parse_part(part, part_wait, overwrite)
     output_not_input({"OUT": out}, {"PROB": prob})  # before anything is created or deleted
@@ -178,6 +181,24 @@ def segment(
                 labels = run.number()
                 complete = run.finish(lambda: labels)
     return _result(vol, opts, len(blocks), resumed, labels, share, complete)
+
+
+def _agglo(
+    prob: str | os.PathLike, out: str | os.PathLike, opts: SegmentOptions, input_kind: str | None,
+    part: str | None, cluster: str | os.PathLike | None, chunks: Sequence[int] | None, overwrite: bool,
+    resume: bool, codec: str | None, scheduler: str | None, workers: int | None, progress: Progress | None,
+) -> SegmentResult:  # fmt: skip
+    from volseg.errors import OptionError
+    from volseg.stages.segment.graph import segment_affinities
+
+    for given, flag in ((input_kind, "--input-kind"), (part, "--part"), (cluster, "--cluster")):
+        if given is not None:
+            raise OptionError(f"{flag}: not with --method agglo yet; run one job on this machine's scheduler")
+    output_not_input({"OUT": out}, {"PROB": prob})
+    return segment_affinities(
+        prob, out, opts, chunks=chunks, overwrite=overwrite, resume=resume, codec=codec,
+        scheduler=scheduler, workers=workers, progress=progress,
+    )  # fmt: skip
 
 
 def _result(

@@ -97,6 +97,12 @@ def _placement(src: Volume) -> dict[str, Any]:
         ) from None
     if isinstance(multiscale.get("coordinateTransformations"), list):
         found["multiscale"] = copy.deepcopy(multiscale["coordinateTransformations"])
+    if src.channels is not None:  # (c, z, y, x) affinities: the labels have the spatial axes only
+        for transforms in found.values():
+            for t in transforms:
+                for key in ("scale", "translation"):
+                    if isinstance(t.get(key), list) and len(t[key]) == 4:
+                        t[key] = t[key][1:]
     return found
 
 

@@ -38,7 +38,9 @@ class SegmentOptions:
         consistent across blocks.
     method
         2-D only: ``"watershed"`` (seeded, default) or ``"cc"`` (connected components of
-        the interior). 3-D always uses connected components.
+        the interior). 3-D always uses connected components. ``"agglo"`` reads an affinity
+        volume ``(c, z, y, x)`` instead: fragments and mean-affinity agglomeration with global
+        ids (:mod:`volseg.stages.segment.graph`), in 2-D or, linked across sections, in 3-D.
     seeds
         Watershed seeds: ``"distance"`` (the tops of the distance transform of the interior,
         default) or ``"hminima"`` (h-minima of the smoothed boundary map).
@@ -65,6 +67,12 @@ class SegmentOptions:
     invert
         ``True``: the input is a cell (interior) probability, ``False``: a membrane
         probability, ``None``: read the convention from the input's metadata.
+    merge_threshold
+        ``agglo``: regions merge while the mean affinity across their face is at least this
+        (higher: more, smaller cells).
+    fragment_threshold
+        ``agglo``: fragments are the in-plane connected components of the voxel pairs whose
+        affinity is at least this (at least ``merge_threshold``).
     """
 
     mode: str = "2d"
@@ -79,10 +87,23 @@ class SegmentOptions:
     keep_boundaries: bool = False
     relabel: bool = False
     invert: bool | None = None
+    merge_threshold: float = 0.5
+    fragment_threshold: float = 0.9
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, MODES)
-        _choice("method", self.method, METHODS)
+        _choice("method", self.method, (*METHODS, "agglo"))
+        for name in ("merge_threshold", "fragment_threshold"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                flag = "--" + name.replace("_", "-")
+                raise OptionError(
+                    f"{flag} {getattr(self, name)}: must lie strictly between 0 and 1, e.g. 0.5"
+                )
+        if self.fragment_threshold < self.merge_threshold:
+            raise OptionError(
+                f"--fragment-threshold {self.fragment_threshold} is below --merge-threshold "
+                f"{self.merge_threshold}: give a fragment threshold at least the merge threshold, e.g. 0.9"
+            )
         _choice("seeds", self.seeds, SEEDS)
         if not 0.0 < self.threshold < 1.0:
             raise OptionError(f"--threshold {self.threshold}: must lie strictly between 0 and 1, e.g. 0.5")
