@@ -64,9 +64,8 @@ def _labels(path):
 def _same_partition(a, b):
     """Equal up to renaming (and 0 stays 0)."""
     pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-    return (
-        np.unique(pairs[0]).size == pairs.shape[1] == np.unique(pairs[1]).size
-        and np.array_equal(a == 0, b == 0)
+    return np.unique(pairs[0]).size == pairs.shape[1] == np.unique(pairs[1]).size and np.array_equal(
+        a == 0, b == 0
     )
 
 
@@ -188,8 +187,12 @@ def test_pure_steps_equal_one_block_run():
     def run(block):
         grid = tuple(-(-s // b) for s, b in zip(shape, block, strict=True))
         pieces = {}
+
+        def where(idx):
+            return tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(idx, block, shape, strict=True))
+
         for idx in np.ndindex(*grid):
-            region = tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(idx, block, shape, strict=True))
+            region = where(idx)
             grown, inner = graph_stage._halo(region, shape)
             pieces[idx] = blockgraph.block_pieces(
                 affs[(slice(None), *grown)], OFFSETS, inner, [s.start for s in region], shape, link_z=True
@@ -197,8 +200,7 @@ def test_pure_steps_equal_one_block_run():
         sol = blockgraph.solve({k: p.count for k, p in pieces.items()}, pieces.__getitem__, grid, link_z=True)
         out = np.zeros(shape, np.uint32)
         for idx, p in pieces.items():
-            region = tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(idx, block, shape, strict=True))
-            out[region] = blockgraph.relabel(p.fragments, sol.lookup, sol.bases[idx], np.uint32)
+            out[where(idx)] = blockgraph.relabel(p.fragments, sol.lookup, sol.bases[idx], np.uint32)
         return out, sol
 
     one, sol1 = run(shape)
@@ -256,8 +258,8 @@ def test_cli_agglo_and_its_one_line_refusals(tmp_path):
         (["segment", str(tmp_path / "c.zarr"), str(tmp_path / "f.zarr"), "--method", "agglo"],
          "--method agglo reads affinities"),
         (["evaluate", str(tmp_path / "a.zarr"), str(tmp_path / "c.zarr")], "4 channels per voxel"),
-        (["segment", str(tmp_path / "a.zarr"), str(tmp_path / "g.zarr"), "--method", "agglo", "--part", "1/2"],
-         "--part: not with --method agglo"),
+        (["segment", str(tmp_path / "a.zarr"), str(tmp_path / "g.zarr"), "--method", "agglo", "--part",
+          "1/2"], "--part: not with --method agglo"),
     ):  # fmt: skip
         r = runner.invoke(app, args)
         assert r.exit_code == 2, (args, r.output)

@@ -182,7 +182,7 @@ def block_pieces(
     origin: Sequence[int],
     volume_shape: Sequence[int],
     *,
-    fragment_threshold: float = 0.9,
+    fragment_threshold: float = 0.7,
     merge_threshold: float = 0.5,
     link_z: bool = False,
 ) -> BlockPieces:
@@ -313,7 +313,7 @@ def solve(
     pieces: Any,
     grid: Sequence[int],
     *,
-    fragment_threshold: float = 0.9,
+    fragment_threshold: float = 0.7,
     merge_threshold: float = 0.5,
     min_size: int = 0,
     link_z: bool = False,

@@ -67,7 +67,7 @@ def segment_cmd(
     fragment_threshold: Annotated[
         float,
         typer.Option(help="agglo: fragments join in-plane voxel pairs of at least this affinity (>= merge)."),
-    ] = 0.9,
+    ] = 0.7,
     keep_boundaries: Annotated[
         bool,
         typer.Option(

@@ -88,7 +88,7 @@ class SegmentOptions:
     relabel: bool = False
     invert: bool | None = None
     merge_threshold: float = 0.5
-    fragment_threshold: float = 0.9
+    fragment_threshold: float = 0.7
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, MODES)
@@ -102,7 +102,7 @@ class SegmentOptions:
         if self.fragment_threshold < self.merge_threshold:
             raise OptionError(
                 f"--fragment-threshold {self.fragment_threshold} is below --merge-threshold "
-                f"{self.merge_threshold}: give a fragment threshold at least the merge threshold, e.g. 0.9"
+                f"{self.merge_threshold}: give a fragment threshold at least the merge threshold, e.g. 0.7"
             )
         _choice("seeds", self.seeds, SEEDS)
         if not 0.0 < self.threshold < 1.0:
