@@ -124,7 +124,7 @@ def test_cli_choices_are_the_api_choices() -> None:
     """Each enum of the CLI offers exactly the values the API accepts (declared once, in the API)."""
     from volseg.app import choices
     from volseg.core.augment import PRESETS
-    from volseg.core.segmentation import METHODS, MODES, SEEDS
+    from volseg.core.segmentation import MODES, SEEDS
     from volseg.nn.backends import BACKENDS
     from volseg.nn.runtime import PRECISIONS
     from volseg.nn.speeds import BACKEND_CHOICES
@@ -133,7 +133,8 @@ def test_cli_choices_are_the_api_choices() -> None:
     from volseg.stages.predict.options import DTYPES
     from volseg.stages.preview import STYLES
     from volseg.stages.segment.options import INPUT_KINDS
-    from volseg.stages.train.config import LOSSES
+    from volseg.stages.segment.options import METHODS as SEGMENT_METHODS
+    from volseg.stages.train.config import LOSSES, TARGETS
     from volseg.storage.conventions import FOREGROUND_KINDS
     from volseg.storage.volumes import KINDS
 
@@ -145,7 +146,8 @@ def test_cli_choices_are_the_api_choices() -> None:
         choices.Upsample: UPSAMPLES,
         choices.Precision: PRECISIONS,
         choices.SegmentMode: MODES,
-        choices.SegmentMethod: METHODS,
+        choices.SegmentMethod: SEGMENT_METHODS,
+        choices.Target: TARGETS,
         choices.SeedKind: SEEDS,
         choices.InputKind: INPUT_KINDS,
         choices.InstanceMode: INSTANCE_MODES,

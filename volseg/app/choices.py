@@ -52,6 +52,11 @@ class SegmentMethod(str, enum.Enum):
     agglo = "agglo"
 
 
+class Target(str, enum.Enum):
+    boundary = "boundary"
+    affinities = "affinities"
+
+
 class SeedKind(str, enum.Enum):
     distance = "distance"
     hminima = "hminima"

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from volseg.core.affinities import affinities
 from volseg.core.augment import AugmentConfig, Augmenter
 from volseg.core.sections import parse_sections
 from volseg.core.tiling import pad_indices
@@ -59,6 +60,8 @@ __all__ = [
 ]
 
 DEFAULT_CACHE_BYTES = 2 << 30  # 2 GiB
+#: The cell id of pixels beyond the stack (a section an offset reaches that does not exist): unknown.
+_UNKNOWN = np.uint32(2**32 - 1)
 
 
 # ============================================================================ sections
@@ -119,6 +122,7 @@ def scan_labels(
     sections: Sequence[int] | None = None,
     label_values: Sequence[int] | None = None,
     name: str = "labels",
+    require_positive: bool = True,
 ) -> LabelSummary:
     """Read the label sections in z-chunk bands and check them.
 
@@ -157,7 +161,7 @@ def scan_labels(
             "an empty label volume cannot train a model, check the file or --foreground"
         )
     total = sum(positive.values())
-    if total == 0:
+    if total == 0 and require_positive:
         raise InputError(
             f"{name}: no pixel holds a --foreground value {list(foreground)} (values present: "
             f"{sorted(values)[:8]}); choose the value(s) that mark the structure to segment"
@@ -292,6 +296,14 @@ class PatchConfig:
         then the connected regions of the negative class, else those of the positive class.
     cache_bytes
         Volumes (and weight maps) up to this size are held in memory.
+    offsets
+        Affinity targets for these ``(dz, dy, dx)`` offsets instead of the positive mask: ``target`` is
+        ``(C, P, P)``, with a ``mask`` of the pairs that count (:func:`volseg.core.affinities.affinities`
+        on the augmented cells of the patch's section and of the sections its offsets reach).
+    instance_ids
+        With ``offsets``: the label volume holds cell ids (0: background), the same cell with the same
+        id in every section, so pairs across sections are known; else the cells are the connected
+        regions of each section (as for the weight map) and pairs across sections are masked.
     """
 
     sections: tuple[int, ...]
@@ -308,6 +320,8 @@ class PatchConfig:
     sigma: float = 5.0
     foreground_is_boundary: bool = True
     cache_bytes: int = DEFAULT_CACHE_BYTES
+    offsets: tuple[tuple[int, int, int], ...] | None = None
+    instance_ids: bool = False
 
     def __post_init__(self) -> None:
         if not self.sections:
@@ -344,10 +358,11 @@ class PatchDataset(torch.utils.data.Dataset):
         self.labels = VolumeReader(labels, config.cache_bytes - (image.nbytes if self.image.cacheable else 0))
         self.augmenter = Augmenter(config.augment)
         self._weights: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cells: OrderedDict[int, np.ndarray] = OrderedDict()
         self.attempts = 0  # draws made by this process's rejection sampler (statistics)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_weights": OrderedDict()}
+        return {**self.__dict__, "_weights": OrderedDict(), "_cells": OrderedDict()}
 
     def __len__(self) -> int:
         return 2**62
@@ -388,6 +403,42 @@ class PatchDataset(torch.utils.data.Dataset):
             self._weights.popitem(last=False)
         return weights
 
+    def cell_map(self, z: int) -> np.ndarray:
+        """Section ``z``'s cells as ids for affinity targets (kept in the weight maps' bounded cache).
+
+        A label volume of ids (``instance_ids``): its values; else the connected regions of the
+        non-boundary class (4-connected), numbered within the section. 0 is background (boundary).
+        """
+        if z in self._cells:
+            self._cells.move_to_end(z)
+            return self._cells[z]
+        c = self.config
+        _, ny, nx = self.labels.shape
+        labels = self.labels.read(z, slice(0, ny), slice(0, nx))
+        if c.instance_ids:  # the positive class (membrane) is background
+            cells = np.where(positive_mask(labels, c.foreground), 0, labels).astype(np.uint32)
+        else:
+            mask = positive_mask(labels, c.foreground)
+            cells = instances_from_mask(~mask if c.foreground_is_boundary else mask).astype(np.uint32)
+        self._cells[z] = cells
+        while len(self._cells) > 1 and sum(a.nbytes for a in self._cells.values()) > c.cache_bytes:
+            self._cells.popitem(last=False)
+        return cells
+
+    def _cell_windows(self, z: int, ys: slice, xs: slice) -> tuple[list[np.ndarray], int]:
+        """The cells of the sections the offsets reach from ``z`` (beyond the stack: unknown), and where
+        ``z`` is among them."""
+        # cells of a binary truth are numbered per section: pairs across sections are unknown, not read
+        dz = [o[0] for o in self.config.offsets or ()] if self.config.instance_ids else [0]
+        lo, hi = min(0, *dz), max(0, *dz)
+        nz = self.labels.shape[0]
+        shape = (ys.stop - ys.start, xs.stop - xs.start)
+        windows = [
+            self.cell_map(s)[ys, xs] if 0 <= s < nz else np.full(shape, _UNKNOWN, np.uint32)
+            for s in range(z + lo, z + hi + 1)
+        ]
+        return windows, -lo
+
     def __getitem__(self, n: int) -> dict[str, np.ndarray]:
         c = self.config
         rng = np.random.default_rng([c.seed, int(n)])
@@ -399,6 +450,11 @@ class PatchDataset(torch.utils.data.Dataset):
         carried: list[np.ndarray] = [mask.astype(np.uint8)]
         if c.border_weights:
             carried.append(self.weight_map(z)[ys, xs])
+        cells_at = 0
+        if c.offsets:
+            windows, cells_at = self._cell_windows(z, ys, xs)
+            cells_at += len(carried)
+            carried.extend(windows)
         unit, carried = self.augmenter(unit, tuple(carried), rng)
         image = normalize(unit * span + np.float32(c.stats.lo), c.stats.normalization)
         item = {
@@ -407,6 +463,16 @@ class PatchDataset(torch.utils.data.Dataset):
         }
         if c.border_weights:
             item["weight"] = np.ascontiguousarray(carried[1][None], dtype=np.float32)
+        if c.offsets:
+            first = 2 if c.border_weights else 1
+            stack = np.stack(carried[first:])
+            targets, known = affinities(
+                stack, c.offsets, background=0, ignore=_UNKNOWN, per_section=not c.instance_ids,
+                dtype=np.float32,
+            )  # fmt: skip
+            k = cells_at - first
+            item["target"] = np.ascontiguousarray(targets[:, k])
+            item["mask"] = np.ascontiguousarray(known[:, k], dtype=np.float32)
         return item
 
 

@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # dask.array costs ~20 MB and 0.3 s to import: only when a da
     import dask.array as da
 
 __all__ = [
+    "ALL_KINDS",
     "CODECS",
     "Volume",
     "block_slices",
@@ -70,7 +71,10 @@ __all__ = [
 
 FORMAT_VERSION = 1
 DONE_DIR = ".volseg/done"
-KINDS = ("image", "label", "probability", "mask", "affinity")
+#: The kinds of (z, y, x) volumes (what ``convert --kind`` makes).
+KINDS = ("image", "label", "probability", "mask")
+#: Every kind a volume may record: also ``affinity``, a channel volume (c, z, y, x).
+ALL_KINDS = (*KINDS, "affinity")
 #: Larger than any stack (a side of 2**40 voxels, 2**40 chunks): metadata that says so is damaged.
 _MAX_SIDE, _MAX_CHUNKS = 2**40, 2**40
 
@@ -454,8 +458,8 @@ def create_volume(
         shards = resolve_shards(shards, chunks, shape)
     if len(voxel_size) != 3 or any(float(v) <= 0 for v in voxel_size):
         raise OptionError(f"voxel size must be three positive numbers (z, y, x), got {tuple(voxel_size)}")
-    if kind not in KINDS:
-        raise OptionError(f"kind {kind!r} is not one of {KINDS}")
+    if kind not in ALL_KINDS:
+        raise OptionError(f"kind {kind!r} is not one of {ALL_KINDS}")
     if channels is not None and not 1 <= int(channels) <= 4096:
         raise OptionError(f"{path}: channels {channels!r} must be 1 to 4096")
     lead = () if channels is None else (int(channels),)
@@ -589,9 +593,9 @@ def _check_metadata(vol: Volume) -> None:
     meta = vol.group.attrs.get("volseg", {})
     if not isinstance(meta, dict):
         raise InputError(f"{path}: its 'volseg' metadata block is not an object; the volume is damaged")
-    if "kind" in meta and meta["kind"] not in KINDS:
+    if "kind" in meta and meta["kind"] not in ALL_KINDS:
         raise InputError(
-            f"{path}: its recorded kind {meta['kind']!r} is not one of {', '.join(KINDS)}; "
+            f"{path}: its recorded kind {meta['kind']!r} is not one of {', '.join(ALL_KINDS)}; "
             "the metadata is damaged"
         )
     if vol.complete and meta.get(EVERY_CHUNK) and not vol.listing_blind:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from volseg.app.base import app, friendly, warnings_as_lines
-from volseg.app.choices import AugmentPreset, ForegroundKind, Loss, Norm, Precision, Upsample
+from volseg.app.choices import AugmentPreset, ForegroundKind, Loss, Norm, Precision, Target, Upsample
 
 
 def _opt(help_text: str, *names: str) -> Any:
@@ -80,6 +80,20 @@ def train_cmd(
         str | None, _opt("Per-transform probabilities over the preset, e.g. elastic=0.9,noise=0.")
     ] = None,
     loss: Annotated[Loss, _opt("Loss function.")] = Loss.bce_dice,
+    target: Annotated[
+        Target,
+        _opt(
+            "What the U-Net learns: a boundary map, or affinities (one channel per --offsets; cut them "
+            "into cells with 'volseg segment --method agglo')."
+        ),
+    ] = Target.boundary,
+    offsets: Annotated[
+        str | None,
+        _opt(
+            "--target affinities: offsets dz,dy,dx separated by ';'; unset: nearest neighbours in y, x and "
+            "z, and 3, 9, 27 px in y and x (0,-1,0;0,0,-1;-1,0,0;0,-3,0;0,0,-3;0,-9,0;0,0,-9;0,-27,0;0,0,-27)"
+        ),
+    ] = None,
     w0: Annotated[float, _opt("Border weight peak for weighted_bce.")] = 10.0,
     sigma: Annotated[float, _opt("Border weight width (px) for weighted_bce.")] = 5.0,
     base_channels: Annotated[int, _opt("U-Net feature maps at full resolution.")] = 16,

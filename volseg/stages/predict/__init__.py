@@ -208,6 +208,8 @@ def _plan(
         check_device(options.device)
     outp, mask, image_path = _paths(model, image, out, options)
     info, module = model_info(model)
+    if info.offsets:
+        _check_affinity_options(options, len(info.offsets))
     source = _open_image(image_path)
     factors = _check_tissue_mask(options.tissue_mask, source.shape) if options.tissue_mask else (1, 1, 1)
     sizes = check_tile_halo(options, info, DEFAULT_EDGE)
@@ -241,6 +243,20 @@ def _plan(
     return plan, info, module, source
 
 
+def _check_affinity_options(options: PredictOptions, channels: int) -> None:
+    """An affinity model writes its channels as they are: no mask, class, TTA or other activation."""
+    refused = (
+        (options.threshold is not None, "--threshold", "threshold the affinities in 'volseg segment'"),
+        (options.channel is not None, "--channel", "every channel is written"),
+        (options.tta, "--tta", "flips and rotations would move the offsets"),
+        (options.activation not in ("auto", "sigmoid"), f"--activation {options.activation}",
+         "affinities are one sigmoid per channel"),
+    )  # fmt: skip
+    for bad, flag, why in refused:
+        if bad:
+            raise OptionError(f"{flag}: not with an affinity model ({channels} channels: {why})")
+
+
 def _check_tissue_mask(path: str, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """The ``--mask`` volume checked (complete, the image's shape or coarser by a whole factor per axis);
     the image voxels per mask voxel along (z, y, x)."""
@@ -270,7 +286,7 @@ def _as_resumed(options: PredictOptions, out: Path, mask: Path | None) -> Predic
         return options
     for path in [out] + ([mask] if mask else []):
         try:
-            prior = (open_volume(path).meta.get("predict") or {}).get("identity") or {}
+            prior = (open_volume(path, channels=True).meta.get("predict") or {}).get("identity") or {}
         except VolsegError:
             continue
         if prior.get("tile") is not None:

@@ -84,7 +84,7 @@ def existing_done(
 
 def _check_identity(path: Path, identity: dict[str, Any]) -> Volume:
     try:
-        vol = open_volume(path)
+        vol = open_volume(path, channels=True)
     except InputError:
         raise OutputError(
             f"{path}: exists and is not a volseg prediction; pass --overwrite to replace it, "
@@ -143,7 +143,10 @@ def create_outputs(plan: Plan, info: ModelInfo, source: Volume, options: Predict
         config={"stage": "predict", **plan.settings},
     )
     extra = _metadata(plan, info)
-    targets = [(location(plan.out), plan.dtype, "probability", extra)]
+    if info.offsets:  # an affinity model: a channel volume that records its offsets
+        extra["offsets"] = [list(o) for o in info.offsets]
+    kind = "affinity" if info.offsets else "probability"
+    targets = [(location(plan.out), plan.dtype, kind, extra)]
     if plan.mask:
         mask_extra = {k: v for k, v in extra.items() if k != "convention"}  # 0 / 1, not probabilities
         mask_extra["values"] = {"dtype": "uint8", "meaning": f"probability >= {options.threshold}"}
@@ -154,12 +157,14 @@ def create_outputs(plan: Plan, info: ModelInfo, source: Volume, options: Predict
             if not options.overwrite and path.exists() and (path / "zarr.json").exists():
                 _check_parts(_check_identity(path, plan.identity), parts)  # made meanwhile by another job?
                 continue  # an identical run's output: resume it
-            _create(plan, source, path, dtype, kind, meta, prov)
+            channels = len(info.offsets) if info.offsets and kind == "affinity" else None
+            _create(plan, source, path, dtype, kind, meta, prov, channels)
 
 
 def _create(
-    plan: Plan, source: Volume, path: Path, dtype: str, kind: str, meta: dict[str, Any], prov: Any
-) -> None:
+    plan: Plan, source: Volume, path: Path, dtype: str, kind: str, meta: dict[str, Any], prov: Any,
+    channels: int | None = None,
+) -> None:  # fmt: skip
     vol = create_volume(
         path,
         plan.out_shape,
@@ -171,6 +176,7 @@ def _create(
         overwrite=True,
         provenance_block=prov,
         extra=meta,
+        channels=channels,
     )
     add_translation(vol, [a for a, _ in plan.roi], source.voxel_size)
 
@@ -201,7 +207,9 @@ def add_translation(vol: Volume, start: Sequence[int], voxel_size: Sequence[floa
 
 def finish(plan: Plan) -> str:
     """Mark the outputs complete when every chunk is done; return the status."""
-    outputs = [open_volume(plan.out, mode="r+")] + ([open_volume(plan.mask, mode="r+")] if plan.mask else [])
+    outputs = [open_volume(plan.out, mode="r+", channels=True)] + (
+        [open_volume(plan.mask, mode="r+")] if plan.mask else []
+    )
     if all(len(v.done_blocks()) == v.n_blocks for v in outputs):
         for v in outputs:
             if not v.complete:

@@ -84,6 +84,8 @@ class ModelInfo:
     meta: dict[str, Any]
     #: What the model's output means (:meth:`volseg.storage.conventions.Convention.to_dict`).
     convention: dict[str, Any] | None = None
+    #: An affinity model's offsets (one per output channel): the output is an affinity volume.
+    offsets: tuple[tuple[int, int, int], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ class Job:
     #: The tissue mask (nonzero = compute) and the image voxels per mask voxel along (z, y, x).
     tissue_mask: str | None = None
     mask_factors: tuple[int, int, int] = (1, 1, 1)
+    #: An affinity model's channels (0: not one): every channel is written (a channel volume), not one class.
+    affinities: int = 0
 
 
 @dataclass(frozen=True)

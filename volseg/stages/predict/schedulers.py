@@ -87,7 +87,7 @@ def make_job(
         precision=options.precision,
         device=options.device,
         tta=options.tta,
-        activation=options.activation,
+        activation="sigmoid" if info.offsets else options.activation,  # affinities: one per channel
     )
     return Job(
         run_id=uuid.uuid4().hex,
@@ -118,6 +118,7 @@ def make_job(
         skip_empty=options.skip_empty,
         tissue_mask=options.tissue_mask,
         mask_factors=plan.mask_factors,
+        affinities=len(info.offsets) if info.offsets else 0,
     )
 
 

@@ -86,8 +86,25 @@ def model_info(model: str | os.PathLike[str] | nn.Module) -> tuple[ModelInfo, nn
         normalization=meta.get("normalization"),
         meta={k: meta.get(k) for k in ("foreground", "label_convention", "normalization")},
         convention=_convention(meta).to_dict(),
+        offsets=_offsets(meta, int(module.config.out_channels)),
     )
     return info, module
+
+
+def _offsets(meta: dict[str, Any], channels: int) -> tuple[tuple[int, int, int], ...] | None:
+    """The affinity offsets a model file records (``extra.target == "affinities"``), else None."""
+    extra = meta.get("extra") or {}
+    if not isinstance(extra, dict) or extra.get("target") != "affinities":
+        return None
+    from volseg.core.affinities import check_offsets
+
+    offsets = check_offsets(extra.get("offsets"), "the model's offsets")
+    if len(offsets) != channels:
+        raise ModelError(
+            f"the model records {len(offsets)} affinity offsets for {channels} output channels; "
+            "the file is damaged, train it again"
+        )
+    return tuple(tuple(o) for o in offsets)  # type: ignore[misc]
 
 
 def _convention(meta: dict[str, Any]) -> Convention:
@@ -245,7 +262,8 @@ def _volume(path: str, mode: str, job: Job) -> Volume:
     if vol is None:
         for old in [k for k in _VOLUMES if not k[1].endswith(run_id)]:  # earlier runs' volumes
             _VOLUMES.pop(old, None)
-        vol = _VOLUMES[key] = open_volume(at(path, job.storage), mode=mode)
+        # the inputs were checked when the run was planned; an affinity output is a channel volume
+        vol = _VOLUMES[key] = open_volume(at(path, job.storage), mode=mode, channels=True)
     return vol
 
 
@@ -299,10 +317,10 @@ def predict_block(
     padded, (cy, cx), margins = window if window is not None else read_window(array, job, block)
     with _FORWARD_LOCK if job.serial else contextlib.nullcontext():
         probs = infer_padded(model, padded, job.halo, infer or job.infer, job.normalization, margins)
-    if probs.ndim == 4:
+    if probs.ndim == 4 and not job.affinities:
         probs = probs[1 if job.channel is None else job.channel]
     bz, by, bx = block.shape
-    return probs[:, cy : cy + by, cx : cx + bx]
+    return probs[..., cy : cy + by, cx : cx + bx]
 
 
 #: Threads that convert, compress and write a block's chunks at once (zarr's codecs release the GIL).
@@ -356,7 +374,7 @@ def _write_chunks(job: Job, block: tiling.Block, probs: np.ndarray) -> int:
         local = tuple(
             slice(r.start - b.start, r.stop - b.start) for r, b in zip(region, block.out, strict=True)
         )
-        p = probs[local]
+        p = probs[(slice(None),) * (probs.ndim - 3) + local]  # an affinity block: every channel
         if mask is not None:
             mask.write_block(cid, (p >= np.float32(job.threshold)).astype(np.uint8))
         out.write_block(cid, from_probability(p, job.dtype))
@@ -393,8 +411,9 @@ def run_block(job: Job, block: tiling.Block) -> BlockStatus:
             if not empty:
                 window = read_window(source.array, job, block)
                 empty = job.skip_empty and is_constant(window[0])  # resin, a black border
-            if empty:  # the background, probability 0, without a forward pass
-                probs = np.zeros(block.shape, np.float32)
+            if empty:  # the background, probability 0 (affinities: no pair joined), without a forward pass
+                lead = (job.affinities,) if job.affinities else ()
+                probs = np.zeros(lead + tuple(block.shape), np.float32)
             else:
                 probs = predict_block(model, job, block, source.array, infer, window=window)
             written = _write_chunks(job, block, probs)

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from volseg.cluster import ClusterSpec, load_cluster
-from volseg.core.segmentation import METHODS, MODES, SEEDS
+from volseg.core.segmentation import METHODS as SEGMENT_KERNELS
+from volseg.core.segmentation import MODES, SEEDS
 from volseg.errors import OptionError
 from volseg.storage.files import json_ready
 
 __all__ = [
     "CLUSTER_RETRIES",
     "INPUT_KINDS",
+    "METHODS",
     "SCHEDULERS",
     "SegmentOptions",
     "SegmentResult",
@@ -24,6 +26,8 @@ __all__ = [
 ]
 
 SCHEDULERS = ("threads", "processes", "synchronous")
+#: segment's methods: the 2-D kernels of :mod:`volseg.core.segmentation`, and agglomeration of affinities.
+METHODS = (*SEGMENT_KERNELS, "agglo")
 INPUT_KINDS = ("probability", "mask")
 
 
@@ -92,7 +96,7 @@ class SegmentOptions:
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, MODES)
-        _choice("method", self.method, (*METHODS, "agglo"))
+        _choice("method", self.method, METHODS)
         for name in ("merge_threshold", "fragment_threshold"):
             if not 0.0 < getattr(self, name) < 1.0:
                 flag = "--" + name.replace("_", "-")

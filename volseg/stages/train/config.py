@@ -44,8 +44,10 @@ __all__ = [
     "DEFAULT_STEPS",
     "FLAT_TABLE",
     "FOREGROUND_KINDS",
+    "AFFINITY_LOSSES",
     "LOSSES",
     "RESUME_MAY_CHANGE",
+    "TARGETS",
     "TrainConfig",
     "load_config_file",
     "nest",
@@ -58,6 +60,10 @@ __all__ = [
 ]
 
 LOSSES = ("bce_dice", "weighted_bce", "bce", "dice")
+#: What the U-Net learns: a boundary (membrane) map, or affinities for a list of offsets.
+TARGETS = ("boundary", "affinities")
+#: The losses an affinity model trains with (masked per channel: pairs outside the patch do not count).
+AFFINITY_LOSSES = ("bce", "bce_dice")
 DEFAULT_STEPS = 2000
 #: The augmentation preset of a run that names none (``AugmentConfig()`` is this preset).
 DEFAULT_AUGMENT = "default"
@@ -119,6 +125,13 @@ class TrainConfig:
     loss, w0, sigma
         ``bce_dice`` (default), ``weighted_bce`` (U-Net border weights ``w0``, ``sigma``),
         ``bce`` or ``dice``.
+    target, offsets
+        ``"boundary"`` (default): one channel, the membrane probability. ``"affinities"``: one channel
+        per offset of ``offsets`` (text ``"0,-1,0;0,0,-1;-1,0,0"``; default
+        :data:`volseg.core.affinities.DEFAULT_OFFSETS`), the probability that a voxel and the one at
+        the offset belong to the same cell, trained with ``bce`` or ``bce_dice`` masked where the pair
+        leaves the patch or is unknown (across sections of per-section labels). The cells come from
+        the labels: a label volume's ids, or the connected cells of a binary truth in each section.
     model
         The :class:`~volseg.nn.unet.UNetConfig` (``base_channels``, ``depth``, ``norm``, ``dropout``,
         ``upsample``, ``context``: ``context`` > 0 feeds ``2 * context + 1`` sections); also a table.
@@ -155,6 +168,8 @@ class TrainConfig:
     warmup_steps: int = 100
     augment: AugmentConfig = field(default_factory=functools.partial(AugmentConfig.preset, DEFAULT_AUGMENT))
     loss: str = "bce_dice"
+    target: str = "boundary"
+    offsets: str | None = None
     w0: float = 10.0
     sigma: float = 5.0
     model: UNetConfig = field(default_factory=UNetConfig)
@@ -210,7 +225,25 @@ class TrainConfig:
         need(0.0 <= self.min_foreground <= 1.0, "min_foreground", "use a fraction from 0 to 1")
         need(1 <= self.max_attempts <= 10**6, "max_attempts", "use 1 or more (up to 10**6)")
         need(0 <= self.cache_gb <= 2**20, "cache_gb", "use 0 (no cache) or more GiB")
-        if self.model.out_channels != 1:
+        need(self.target in TARGETS, "target", f"use one of {', '.join(TARGETS)}")
+        if self.target == "affinities":
+            from volseg.core.affinities import format_offsets, parse_offsets
+
+            offsets = parse_offsets(self.offsets, "--offsets")
+            object.__setattr__(self, "offsets", format_offsets(offsets))
+            need(
+                self.loss in AFFINITY_LOSSES, "loss",
+                f"affinities train with {' or '.join(AFFINITY_LOSSES)} (masked per channel)",
+            )  # fmt: skip
+            if self.model.out_channels not in (1, len(offsets)):
+                raise OptionError(
+                    f"model out_channels={self.model.out_channels!r}: an affinity model has one channel per "
+                    f"offset ({len(offsets)}); leave it unset"
+                )
+            object.__setattr__(self, "model", dataclasses.replace(self.model, out_channels=len(offsets)))
+        elif self.offsets is not None:
+            raise OptionError(f"--offsets {self.offsets!r}: only with --target affinities")
+        elif self.model.out_channels != 1:
             raise OptionError(
                 f"model out_channels={self.model.out_channels!r}: training makes a binary model; use 1"
             )

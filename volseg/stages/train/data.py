@@ -36,6 +36,9 @@ class TrainData:
     val_sections: tuple[int, ...]
     stats: IntensityStats
     summary: LabelSummary
+    #: Affinity targets from the label volume's ids (a cell has one id through the stack), not from the
+    #: connected regions of each section: the labels hold more than one value outside the positive class.
+    instance_ids: bool = False
 
 
 def prepare_data(config: TrainConfig, stats: IntensityStats | None = None) -> TrainData:
@@ -51,15 +54,25 @@ def prepare_data(config: TrainConfig, stats: IntensityStats | None = None) -> Tr
     train_sections, val_sections = split_sections(
         nz, config.val_slices, None if config.val_slices else config.val_fraction
     )
-    summary = scan_labels(labels, config.foreground, None, config.label_values, name=str(config.labels))
-    if not any(summary.positive_per_section[z] for z in train_sections):
+    affinity = config.target == "affinities"
+    summary = scan_labels(
+        labels, config.foreground, None, config.label_values, name=str(config.labels),
+        require_positive=not affinity,
+    )  # fmt: skip
+    ids = affinity and len(set(summary.values) - set(config.foreground)) > 1
+    if affinity and not ids and not any(summary.positive_per_section[z] for z in train_sections):
+        raise InputError(
+            f"{config.labels}: holds one cell value and no --foreground value {list(config.foreground)} in "
+            "the training sections: no cell boundaries to learn affinities from; check --foreground"
+        )
+    if not affinity and not any(summary.positive_per_section[z] for z in train_sections):
         raise InputError(
             f"{config.labels}: no training section holds a --foreground value {list(config.foreground)}; "
             "check --foreground and --val-slices"
         )
     if stats is None:
         stats = intensity_stats(image, train_sections, seed=config.seed)
-    return TrainData(image, labels, train_sections, val_sections, stats, summary)
+    return TrainData(image, labels, train_sections, val_sections, stats, summary, ids)
 
 
 def _open_inputs(config: TrainConfig) -> tuple[zarr.Array, zarr.Array]:

@@ -35,7 +35,7 @@ from volseg.nn.unet import UNet
 from volseg.stages.train.config import TrainConfig
 from volseg.stages.train.data import prepare_data
 from volseg.stages.train.logs import JsonLog, draw_curves
-from volseg.stages.train.losses import loss_function, lr_factor
+from volseg.stages.train.losses import loss_function, lr_factor, masked_loss
 from volseg.stages.train.validation import Validator
 from volseg.storage.conventions import Convention
 from volseg.storage.provenance import provenance
@@ -146,7 +146,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.precision == "fp16" and self.device.type == "cuda"
         )
-        self.loss = loss_function(config.loss)
+        self.loss = masked_loss(config.loss) if config.target == "affinities" else loss_function(config.loss)
         self.step, self.elapsed = 0, 0.0
         self.best: dict[str, Any] | None = None
         self.final_metrics: dict[str, float] = {}
@@ -218,6 +218,8 @@ class Trainer:
                 "seconds": round(self.elapsed, 3),
                 "precision": self.precision,
                 "device": str(self.device),
+                "target": c.target,
+                **({"offsets": [list(o) for o in self.offsets]} if self.offsets else {}),
             },
             training_state=training_state,
         )
@@ -252,7 +254,18 @@ class Trainer:
             sigma=c.sigma,
             foreground_is_boundary=c.foreground_kind == "boundary",
             cache_bytes=int(c.cache_gb * 2**30),
+            offsets=self.offsets,
+            instance_ids=self.data.instance_ids,
         )
+
+    @property
+    def offsets(self) -> tuple[tuple[int, int, int], ...] | None:
+        """The affinity offsets of an affinity model, else None."""
+        if self.config.target != "affinities":
+            return None
+        from volseg.core.affinities import parse_offsets
+
+        return tuple(tuple(o) for o in parse_offsets(self.config.offsets))  # type: ignore[misc]
 
     def loader(self) -> torch.utils.data.DataLoader:
         """Batches from the trainer's step to the end of the step budget (endless with a time limit only)."""
@@ -277,7 +290,8 @@ class Trainer:
         self.model.train()
         x = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = batch["target"].to(self.device, non_blocking=True)
-        w = batch["weight"].to(self.device, non_blocking=True) if "weight" in batch else None
+        extra = "mask" if "mask" in batch else "weight"  # affinities: the known pairs; weighted BCE: the map
+        w = batch[extra].to(self.device, non_blocking=True) if extra in batch else None
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * lr_factor(
                 self.step, self.fraction_done(), self.config.warmup_steps

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from volseg.errors import OptionError
 from volseg.stages.train.config import LOSSES
 
-__all__ = ["LossFunction", "loss_function", "lr_factor", "soft_dice"]
+__all__ = ["LossFunction", "loss_function", "lr_factor", "masked_loss", "soft_dice"]
 
 #: ``(logits, target, weight) -> scalar loss``; ``weight`` is the border-weight map (weighted BCE only).
 LossFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -28,6 +28,27 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = torch.sigmoid(logits)
     inter = (p * target).sum()
     return 1.0 - (2.0 * inter + 1.0) / (p.sum() + target.sum() + 1.0)
+
+
+def masked_loss(kind: str) -> LossFunction:
+    """``(logits, target, mask) -> loss`` of an affinity model: ``bce`` or ``bce_dice`` over the pairs
+    where ``mask`` is 1 (a pair that leaves the patch, or is unknown, does not count), in fp32."""
+    if kind not in ("bce", "bce_dice"):
+        raise OptionError(f"--loss {kind!r}: affinities train with bce or bce_dice")
+
+    def loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
+            raise ValueError("affinities: the batch holds no mask of the known pairs")
+        logits = logits.float()
+        counted = mask.sum().clamp_min(1.0)
+        bce = (mask * F.binary_cross_entropy_with_logits(logits, target, reduction="none")).sum() / counted
+        if kind == "bce":
+            return bce
+        p = torch.sigmoid(logits) * mask
+        dice = 1.0 - (2.0 * (p * target).sum() + 1.0) / (p.sum() + (target * mask).sum() + 1.0)
+        return bce + dice
+
+    return loss
 
 
 def loss_function(kind: str) -> LossFunction:

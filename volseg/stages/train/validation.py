@@ -2,7 +2,10 @@
 
 :class:`Validator` runs whole held-out sections through :func:`volseg.nn.inference.infer_padded` (the
 function predict applies to each block) and :func:`validation_metrics` scores the probabilities with
-the pixel error, Dice and the ISBI 2012 V_rand / V_info.
+the pixel error, Dice and the ISBI 2012 V_rand / V_info. An affinity model is scored on the boundary map
+of its in-plane nearest-neighbour affinities (:func:`volseg.core.affinities.boundaries_from_affinities`,
+``1 - min`` over a pixel's pairs) against the membranes of the truth; a truth of cell ids has its
+membranes where an id meets another (or background) in y or x.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from volseg.core.affinities import boundaries_from_affinities
 from volseg.core.isbi import isbi_scores
 from volseg.core.metrics import ConfusionCounts
 from volseg.core.tiling import PAD_MODE
@@ -19,7 +23,7 @@ from volseg.nn.unet import UNet
 from volseg.stages.train.config import TrainConfig
 from volseg.stages.train.data import TrainData
 
-__all__ = ["Validator", "section_runs", "validation_metrics"]
+__all__ = ["Validator", "id_boundaries", "section_runs", "validation_metrics"]
 
 
 def validation_metrics(prob: np.ndarray, positive: np.ndarray, foreground_kind: str) -> dict[str, float]:
@@ -71,9 +75,21 @@ class Validator:
             lo, hi = max(0, z0 - c), min(nz, z1 + c)
             raw = np.asarray(data.image[lo:hi])
             self.blocks.append(np.pad(raw, ((c - (z0 - lo), c - (hi - z1)), (0, 0), (0, 0)), mode=PAD_MODE))
-        self.positive = positive_mask(
-            np.stack([np.asarray(data.labels[z]) for z in self.sections]), config.foreground
-        )
+        labels = np.stack([np.asarray(data.labels[z]) for z in self.sections])
+        self.positive = positive_mask(labels, config.foreground)
+        self.offsets = None
+        if config.target == "affinities":
+            from volseg.core.affinities import parse_offsets
+
+            self.offsets = parse_offsets(config.offsets)
+            self.options = InferOptions(
+                tile=512, batch_size=4, precision=precision, device=str(device), activation="sigmoid"
+            )
+            membrane = self.positive if config.foreground_kind == "boundary" else ~self.positive
+            if data.instance_ids:  # membranes of a truth of ids: where an id meets another in y or x
+                membrane = membrane | id_boundaries(np.where(membrane, 0, labels))
+            self.positive = membrane
+            self.kind = "boundary"  # the boundary map of the affinities is scored as a membrane map
 
     def __call__(self, model: UNet) -> dict[str, float]:
         halo, edge = int(model.halo), self.options.edge_for(model)
@@ -82,7 +98,22 @@ class Validator:
             infer_padded(model, pad_block(raw, edge), halo, self.options, self.normalization, margins)
             for raw in self.blocks
         ]
+        if self.offsets is not None:  # (C, Z, Y, X) affinities -> a membrane map (Z, Y, X)
+            prob = boundaries_from_affinities(np.concatenate(probs, axis=1), self.offsets)
+            return validation_metrics(prob, self.positive, self.kind)
         return validation_metrics(np.concatenate(probs), self.positive, self.kind)
+
+
+def id_boundaries(ids: np.ndarray) -> np.ndarray:
+    """Pixels of ``(Z, Y, X)`` cell ids that are background (0) or meet another id in y or x."""
+    out = ids == 0
+    for axis in (1, 2):
+        lo = tuple(slice(None, -1) if a == axis else slice(None) for a in range(3))
+        hi = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
+        differ = ids[lo] != ids[hi]
+        out[lo] |= differ
+        out[hi] |= differ
+    return out
 
 
 def section_runs(sections: tuple[int, ...]) -> list[tuple[int, int]]:
