@@ -111,6 +111,13 @@ def train_cmd(
     ] = -1,
     seed: Annotated[int, _opt("Seed of the model and of every patch.")] = 0,
     val_every: Annotated[int, _opt("Validate and checkpoint every N steps.")] = 200,
+    ema: Annotated[
+        float,
+        _opt(
+            "Decay of a moving average of the weights (e.g. 0.999): the averaged model is validated and "
+            "saved; 0: the last step's weights."
+        ),
+    ] = 0.0,
     min_foreground: Annotated[float, _opt("Redraw patches whose positive fraction is below this.")] = 0.0,
     max_attempts: Annotated[int, _opt("Draws per patch for --min-foreground.")] = 10,
     cache_gb: Annotated[float, _opt("Hold volumes up to this size (GiB) in memory.")] = 2.0,

@@ -141,6 +141,11 @@ class TrainConfig:
         DataLoader worker processes; ``-1`` chooses (one or two on CPU, up to 8 with a GPU).
     seed
         Seeds the model initialisation and every patch.
+    ema
+        Decay of an exponential moving average of the weights (and batch-norm statistics), e.g. 0.999:
+        validation, ``MODEL`` and ``MODEL.last.pt``'s model are the averaged weights, which move less
+        from one validation to the next than the last step's; 0 (default) keeps the last step's weights.
+        The decay is ``min(ema, (1 + step) / (10 + step))``, so early steps are not held to the start.
     val_every
         Validate and checkpoint every this many steps (and at the end).
     min_foreground, max_attempts
@@ -178,6 +183,7 @@ class TrainConfig:
     workers: int = -1
     seed: int = 0
     val_every: int = 200
+    ema: float = 0.0
     min_foreground: float = 0.0
     max_attempts: int = 10
     cache_gb: float = 2.0
@@ -222,6 +228,11 @@ class TrainConfig:
         need(-1 <= self.workers <= 256, "workers", "use 0 to 256 (-1 chooses)")
         need(0 <= self.seed < 2**63, "seed", "use 0 to 2**63 - 1")
         need(0 < self.val_every <= 10**9, "val_every", "use 1 or more steps")
+        need(
+            self.ema == 0.0 or 0.5 <= self.ema < 1.0,
+            "ema",
+            "use 0 (off) or a decay from 0.5 to below 1, e.g. 0.999",
+        )
         need(0.0 <= self.min_foreground <= 1.0, "min_foreground", "use a fraction from 0 to 1")
         need(1 <= self.max_attempts <= 10**6, "max_attempts", "use 1 or more (up to 10**6)")
         need(0 <= self.cache_gb <= 2**20, "cache_gb", "use 0 (no cache) or more GiB")

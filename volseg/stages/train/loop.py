@@ -146,6 +146,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.precision == "fp16" and self.device.type == "cuda"
         )
+        self.ema = Averaged(self.model, config.ema) if config.ema > 0 else None
         self.loss = masked_loss(config.loss) if config.target == "affinities" else loss_function(config.loss)
         self.step, self.elapsed = 0, 0.0
         self.best: dict[str, Any] | None = None
@@ -167,6 +168,10 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            # with --ema the file's weights are the average: the trained ones go here, to go on from
+            "trained_weights": (
+                {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if self.ema else None
+            ),
         }
 
     def _restore(self, data: dict[str, Any]) -> None:
@@ -181,7 +186,11 @@ class Trainer:
 
     def _load_state(self, data: dict[str, Any]) -> None:
         state = data["training_state"]
-        self.model.load_state_dict(data["state_dict"])
+        if self.ema is not None:  # the file's weights are the average; the trained ones are kept beside
+            self.ema.model.load_state_dict(data["state_dict"])
+            self.model.load_state_dict(state["trained_weights"])
+        else:
+            self.model.load_state_dict(data["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
@@ -203,7 +212,7 @@ class Trainer:
         c = self.config
         save_model(
             path,
-            self.model,
+            self.model_out,
             normalization=self.data.stats.normalization,
             convention=Convention(foreground=tuple(c.foreground), foreground_kind=c.foreground_kind),
             provenance=provenance([c.image, c.labels], config=c.to_dict()),
@@ -304,7 +313,14 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
         return float(loss.detach())
+
+    @property
+    def model_out(self) -> UNet:
+        """The model validated and saved: the averaged weights with ``--ema``, else the trained ones."""
+        return self.ema.model if self.ema is not None else self.model
 
     @property
     def lr(self) -> float:
@@ -317,7 +333,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         if self.validator is not None:
             start = time.perf_counter()
-            metrics = self.validator(self.model)
+            metrics = self.validator(self.model_out)
             seconds = round(time.perf_counter() - start, 3)
             log.write(
                 {
@@ -335,6 +351,32 @@ class Trainer:
         self.save(self.paths["last"], {**metrics, "step": self.step}, self.training_state())
         draw_curves(self.paths["log"], self.paths["curves"])
         return metrics
+
+
+class Averaged:
+    """An exponential moving average of a model's weights and buffers (batch-norm statistics).
+
+    ``update(model, step)`` after each optimizer step: ``avg = d * avg + (1 - d) * weight`` with
+    ``d = min(decay, (1 + step) / (10 + step))``; integer buffers (batch counts) are copied.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        import copy
+
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        mine = self.model.state_dict()
+        for name, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                mine[name].mul_(d).add_(value.detach(), alpha=1.0 - d)
+            else:
+                mine[name].copy_(value)
 
 
 # ================================================================================ loop
