@@ -17,13 +17,12 @@ through ``benchmarks/_doc.py``'s launcher: wall seconds, CPU seconds, peak RSS o
 3. ``volseg predict`` of a boundary model (``--model``, else the default U-Net trained here for
    ``--train-steps`` on a small synthetic stack, as ``benchmarks/night.py`` does) on the same image: the
    throughput that segmentation must keep up with on the same machine.
-4. ``volseg segment`` with each method: ``agglo`` 3-D (fragments linked across sections) and 2-D on the
-   affinities; the 2-D seeded watershed (the default) and 3-D connected components on the boundary map;
-   and the default watershed on the model's probabilities.
+4. ``volseg segment`` with each method: ``agglo`` 3-D (fragments linked across sections) and 2-D, and
+   ``mws`` 3-D (the mutex watershed of each block, joined across faces) on the affinities; the 2-D
+   seeded watershed (the default) and 3-D connected components on the boundary map; and the default
+   watershed on the model's probabilities.
 5. ``volseg evaluate --instance-mode 3d`` of each against the 3-D truth: adapted Rand error, VOI split and
    merge, CREMI score, V_rand.
-6. The mutex watershed (``volseg.core.agglomeration.mutex_watershed``, ``mwatershed``) on one block (the
-   first 4 sections, at most 512 x 512) in this process: it is a block function, not yet a stage.
 
 Results: ``benchmarks/results/segment3d.json`` and the ``## segment3d`` section of ``docs/benchmarks.md``.
 ``--quick``: 8 x 256 x 256 and 20 training steps, to check the script end to end (tests/test_benchmarks.py).
@@ -165,37 +164,11 @@ METHODS = (
         "affinities: fragments linked across sections",
     ),
     ("agglo 2d", "affs.zarr", ("--method", "agglo", "--mode", "2d"), "affinities: each section on its own"),
+    ("mws 3d", "affs.zarr", ("--method", "mws", "--mode", "3d"), "affinities: mutex watershed per block"),
     ("watershed 2d (default)", "prob.zarr", (), "boundary map of the affinities"),
     ("cc 3d", "prob.zarr", ("--mode", "3d"), "boundary map of the affinities"),
     ("watershed 2d on the model", "prob-model.zarr", (), "the model's membrane probabilities"),
 )
-
-
-def mws_block(work: Path) -> dict[str, Any]:
-    """The mutex watershed on one block of the affinities, in this process (a block function today)."""
-    from volseg.core.agglomeration import mutex_watershed
-    from volseg.core.metrics import Contingency
-    from volseg.storage.volumes import open_volume
-
-    affs = open_volume(work / "affs.zarr", channels=True)
-    z, y, x = min(4, affs.shape[0]), min(512, affs.shape[1]), min(512, affs.shape[2])
-    block = np.asarray(affs.array[:, :z, :y, :x])
-    truth = np.asarray(open_volume(work / "truth.zarr").array[:z, :y, :x])
-    try:
-        start, cpu = time.perf_counter(), time.process_time()
-        labels = mutex_watershed(block, affs.meta["offsets"])
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    except Exception as exc:  # mwatershed is an optional extra
-        return {"skipped": f"{type(exc).__name__}: {exc}"}
-    table = Contingency().add(truth, labels)
-    voi = table.voi()
-    mvox = z * y * x / 1e6
-    return {
-        "block": [z, y, x], "seconds": round(seconds, 3), "mvox_per_s": round(mvox / seconds, 4),
-        "cpu_seconds_per_mvox": round(cpu / mvox, 3), "adapted_rand_error": table.adapted_rand().error,
-        "voi_split": voi.split, "voi_merge": voi.merge, "cremi_score": table.cremi().score,
-        "v_rand": table.v_rand(), "v_info": table.v_info(),
-    }  # fmt: skip
 
 
 def train_model(work: Path, steps: int, quick: bool) -> tuple[Path, dict[str, Any]]:
@@ -244,7 +217,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         rec["vs_predict"] = round(rec["mvox_per_s"] / stages["predict"]["mvox_per_s"], 3)
         methods[name] = rec
     r["methods"] = methods
-    r["mws_block"] = mws_block(work)
     return r
 
 
@@ -282,18 +254,6 @@ def doc_section(r: dict[str, Any]) -> str:
             f"{s['cpu_seconds_per_mvox']:.2f} | {s['peak_rss_mb']:.0f} | {s['adapted_rand_error']:.4f} | "
             f"{s['voi_split']:.3f} | {s['voi_merge']:.3f} | {s['cremi_score']:.4f} | {s['v_rand']:.4f} |"
         )
-    w = r["mws_block"]
-    if "skipped" in w:
-        lines += ["", f"Mutex watershed: skipped ({w['skipped']})."]
-    else:
-        lines += [
-            "",
-            f"Mutex watershed (`mwatershed`, one block of {' x '.join(map(str, w['block']))}, in one "
-            f"process; not a block-wise stage yet): {w['mvox_per_s']:.3f} Mvox/s, "
-            f"{w['cpu_seconds_per_mvox']:.2f} CPU s per Mvox, "
-            f"adapted Rand error {w['adapted_rand_error']:.4f}, VOI split {w['voi_split']:.3f} / merge "
-            f"{w['voi_merge']:.3f}, CREMI {w['cremi_score']:.4f}, V_rand {w['v_rand']:.4f} on that block.",
-        ]
     return "\n".join(lines) + "\n"
 
 

@@ -60,9 +60,7 @@ def test_doc_section_reports_every_method_beside_predict(bench):
         "model": {"train": {"steps": 600}},
         "stages": {"predict": {"mvox_per_s": 0.5, "cpu_seconds_per_mvox": 4.0, "peak_rss_mb": 900.0}},
         "methods": {name: {**row, **scores, "input": what} for name, _, _, what in bench.METHODS},
-        "mws_block": {"skipped": "ImportError: no mwatershed"},
     }  # fmt: skip
     text = bench.doc_section(r)
     assert text.startswith("## segment3d\n") and "CPU class **AVX2**" in text and "**0.500 Mvox/s**" in text
     assert all(f"| {name} |" in text for name, *_ in bench.METHODS)
-    assert "Mutex watershed: skipped" in text

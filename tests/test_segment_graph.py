@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from volseg.app.cli import app
 from volseg.core import blockgraph
 from volseg.core.affinities import affinities
+from volseg.core.agglomeration import mutex_watershed
 from volseg.core.metrics import Contingency
 from volseg.errors import IncompleteRunError, InputError, OptionError
 from volseg.stages.segment import SegmentOptions, segment
@@ -256,7 +257,7 @@ def test_cli_agglo_and_its_one_line_refusals(tmp_path):
          "records no affinity offsets"),
         (["segment", str(tmp_path / "a.zarr"), str(tmp_path / "e.zarr")], "4 channels per voxel"),
         (["segment", str(tmp_path / "c.zarr"), str(tmp_path / "f.zarr"), "--method", "agglo"],
-         "--method agglo reads affinities"),
+         "--method agglo and mws read affinities"),
         (["evaluate", str(tmp_path / "a.zarr"), str(tmp_path / "c.zarr")], "4 channels per voxel"),
         (["segment", str(tmp_path / "a.zarr"), str(tmp_path / "g.zarr"), "--method", "agglo", "--part",
           "1/2"], "--part: not with --method agglo"),
@@ -265,3 +266,42 @@ def test_cli_agglo_and_its_one_line_refusals(tmp_path):
         assert r.exit_code == 2, (args, r.output)
         assert words in r.output and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
     assert not (tmp_path / "d.zarr").exists() and not (tmp_path / "e.zarr").exists()
+
+
+# ------------------------------------------------------------------------- mws, block by block
+def test_block_wise_mutex_watershed_finds_the_cells_whatever_the_blocks(tmp_path):
+    pytest.importorskip("mwatershed")
+    labels = np.repeat(_cells((1, 48, 48), n=12, seed=3), 4, axis=0)  # columnar cells through 4 sections
+    offsets = [(0, -1, 0), (0, 0, -1), (-1, 0, 0), (0, -4, 0), (0, 0, -4)]
+    affs = _affs(labels, offsets, noise=0.1)
+    _write(tmp_path / "a.zarr", affs, offsets, chunks=(1, 24, 24))
+    whole = mutex_watershed(affs, offsets)  # the pure function on the whole volume: the reference
+    outs = []
+    for chunks in ((1, 24, 24), (2, 48, 17), (4, 48, 48)):
+        name = tmp_path / f"m{chunks[2]}.zarr"
+        segment(tmp_path / "a.zarr", name, SegmentOptions(mode="3d", method="mws", min_size=0), chunks=chunks)
+        outs.append(_labels(name))
+    for out in outs:  # each block's cuts stand, the faces are joined: the whole-volume answer
+        assert _same_partition(out, whole)
+    assert Contingency(ignore_labels=()).add(labels, whole).adapted_rand().error < 1e-4
+    two = tmp_path / "m2d.zarr"
+    segment(tmp_path / "a.zarr", two, SegmentOptions(mode="2d", method="mws", min_size=0), chunks=(1, 24, 24))
+    per_section = _labels(two)
+    assert all(int(per_section[z].max()) > 0 for z in range(4))
+    assert len(set(np.unique(per_section[0])) & set(np.unique(per_section[1])) - {0}) == 0  # 2-D: new ids
+
+
+def test_a_long_range_offset_keeps_apart_what_a_weak_nearest_neighbour_face_would_merge(tmp_path):
+    """Two cells whose nearest-neighbour affinities across their face are ambiguous (0.6): agglomeration
+    at 0.5 merges them; the mutex watershed, told by the 4-px offsets that they differ, keeps them apart."""
+    pytest.importorskip("mwatershed")
+    labels = np.ones((1, 16, 24), np.uint32)
+    labels[:, :, 12:] = 2
+    offsets = [(0, -1, 0), (0, 0, -1), (0, -4, 0), (0, 0, -4)]
+    affs = _affs(labels, offsets).astype(np.float32) / 255
+    affs[1, :, :, 12] = 0.6  # the nearest-neighbour pairs across the face: stored at x = 12 for (0,0,-1)
+    _write(tmp_path / "a.zarr", affs, offsets, chunks=(1, 16, 24))
+    for method, cells in (("agglo", 1), ("mws", 2)):
+        out = tmp_path / f"{method}.zarr"
+        segment(tmp_path / "a.zarr", out, SegmentOptions(method=method, min_size=0, fragment_threshold=0.9))
+        assert int(_labels(out).max()) == cells, method

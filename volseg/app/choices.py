@@ -50,6 +50,7 @@ class SegmentMethod(str, enum.Enum):
     watershed = "watershed"
     cc = "cc"
     agglo = "agglo"
+    mws = "mws"
 
 
 class Target(str, enum.Enum):

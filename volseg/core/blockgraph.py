@@ -185,6 +185,7 @@ def block_pieces(
     fragment_threshold: float = 0.7,
     merge_threshold: float = 0.5,
     link_z: bool = False,
+    method: str = "cc",
 ) -> BlockPieces:
     """Step 1 on one block: its fragments, their sizes, first voxels, graph and faces.
 
@@ -205,7 +206,15 @@ def block_pieces(
     link_z
         3-D: the pairs across sections enter the graph (2-D fragments are linked across sections by
         agglomeration) and count for the boundary rule; else each section is on its own.
+    method
+        ``"cc"``: the fragments above. ``"mws"``: the block's segments are those of the mutex watershed
+        (:func:`volseg.core.agglomeration.mutex_watershed`) of the whole halo array (read it with a halo
+        as long as the offsets reach), cut to the block; the block's own graph is left empty, so that
+        its cuts stand, and only the pairs across block faces are agglomerated by :func:`solve`
+        (``join_faces=False``). With ``link_z=False`` only the in-plane offsets are used.
     """
+    if method not in ("cc", "mws"):
+        raise OptionError(f"method {method!r}: use cc or mws", argument="method")
     qf, qm = level(fragment_threshold, "fragment_threshold"), level(merge_threshold, "merge_threshold")
     if qf < qm:
         raise OptionError(
@@ -228,7 +237,10 @@ def block_pieces(
         np.maximum(best[lo], p, out=best[lo])
         np.maximum(best[hi], p, out=best[hi])
     active = best[inner] >= qm
-    fragments = _fragments(active, {a: _inner_pairs(pairs[a], inner, a) for a in (1, 2)}, qf)
+    if method == "mws":
+        fragments = _mws_segments(affs, offsets, inner, active, link_z)
+    else:
+        fragments = _fragments(active, {a: _inner_pairs(pairs[a], inner, a) for a in (1, 2)}, qf)
     flat = fragments.ravel()
     k = int(flat.max(initial=0))
     ids, first_local = np.unique(flat, return_index=True)
@@ -238,7 +250,7 @@ def block_pieces(
     first = np.ravel_multi_index(glob, tuple(volume_shape)).astype(np.uint64)
     sizes = np.bincount(flat, minlength=k + 1)[1:].astype(np.int64)
     los, his, tots = [], [], []
-    for a in axes:
+    for a in axes if method == "cc" else ():  # mws: the block's cuts stand, only its faces are joined
         p = _inner_pairs(pairs[a], inner, a)
         u = fragments[_cut(3, a, slice(None, -1))]
         v = fragments[_cut(3, a, slice(1, None))]
@@ -246,7 +258,9 @@ def block_pieces(
         los.append(np.minimum(u[cut], v[cut]))
         his.append(np.maximum(u[cut], v[cut]))
         tots.append(p[cut])
-    lo = np.concatenate(los).astype(np.int64)
+    lo = np.concatenate(los).astype(np.int64) if los else np.zeros(0, np.int64)
+    if not los:
+        his, tots = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     edges = _aggregate(
         lo, np.concatenate(his).astype(np.int64), np.concatenate(tots), np.ones(lo.size, np.int64)
     )
@@ -261,6 +275,20 @@ def block_pieces(
             )  # pair index = index of its first voxel
             pieces.across[a] = pairs[a][at].astype(np.int32)
     return pieces
+
+
+def _mws_segments(
+    affs: Any, offsets: Any, inner: tuple[slice, ...], active: np.ndarray, link_z: bool
+) -> np.ndarray:
+    """The mutex watershed of the halo array, cut to the block: uint32 ids 1..k by first voxel, 0 where
+    inactive (a voxel that can join nothing)."""
+    from volseg.core.agglomeration import canonical_labels, mutex_watershed
+
+    offs = check_offsets(offsets)
+    keep = [c for c, o in enumerate(offs) if link_z or o[0] == 0]
+    arr = np.asarray(affs)
+    labels = mutex_watershed(arr[keep], [offs[c] for c in keep])[inner]  # in-plane only: per section
+    return canonical_labels(np.where(active, labels, 0)).astype(np.uint32)
 
 
 def _inner_pairs(p: np.ndarray, inner: tuple[slice, ...], axis: int) -> np.ndarray:
@@ -317,6 +345,7 @@ def solve(
     merge_threshold: float = 0.5,
     min_size: int = 0,
     link_z: bool = False,
+    join_faces: bool = True,
 ) -> Solution:
     """Step 2: one graph over every block, agglomerated; the lookup of each block's fragments.
 
@@ -329,6 +358,9 @@ def solve(
         one block's faces are held at a time).
     grid
         The block grid ``(nz, ny, nx)``.
+    join_faces
+        Join a fragment cut by an in-plane block face where the pair across reaches ``fragment_threshold``
+        (``cc`` fragments); ``False`` (``mws`` segments): the faces only add edges to the graph.
     """
     qf = level(fragment_threshold, "fragment_threshold")
     merge = float(merge_threshold)
@@ -359,7 +391,7 @@ def solve(
             gu = u[ok].astype(np.int64) + base - 1
             gv = v[ok].astype(np.int64) + bases[nb] - 1
             lv = lv[ok].astype(np.int64)
-            if a != 0:  # in-plane: the fragment goes on into the next block
+            if a != 0 and join_faces:  # in-plane: the fragment goes on into the next block
                 join = lv >= qf
                 unions.append(np.unique(np.stack([gu[join], gv[join]], axis=1), axis=0))
             edge_parts.append(_aggregate(gu, gv, lv, np.ones(gu.size, np.int64)))

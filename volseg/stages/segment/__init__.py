@@ -143,7 +143,7 @@ def segment(
     """
     opts = options or SegmentOptions()
     check_run_options(chunks, overwrite, resume, scheduler, workers, input_kind)
-    if opts.method == "agglo":
+    if opts.method in ("agglo", "mws"):
         return _agglo(prob, out, opts, input_kind, part, cluster, chunks, overwrite, resume, codec,
                       scheduler, workers, progress)  # fmt: skip
     spec = check_cluster(cluster, scheduler, workers)
@@ -193,7 +193,9 @@ def _agglo(
 
     for given, flag in ((input_kind, "--input-kind"), (part, "--part"), (cluster, "--cluster")):
         if given is not None:
-            raise OptionError(f"{flag}: not with --method agglo yet; run one job on this machine's scheduler")
+            raise OptionError(
+                f"{flag}: not with --method {opts.method} yet; run one job on this machine's scheduler"
+            )
     output_not_input({"OUT": out}, {"PROB": prob})
     return segment_affinities(
         prob, out, opts, chunks=chunks, overwrite=overwrite, resume=resume, codec=codec,

@@ -1,4 +1,4 @@
-"""``segment --method agglo``: affinities -> cells, block by block, with global ids.
+"""``segment --method agglo|mws``: affinities -> cells, block by block, with global ids.
 
 The pure steps are :mod:`volseg.core.blockgraph`.
 
@@ -18,6 +18,11 @@ Three steps, each resumable:
 across sections through the z-affinities (agglomeration on the same graph). The ids are consecutive
 (1..n, numbered by each cell's first voxel in C order) and the labels are the same, bit for bit, whatever
 the block size (tests/test_segment_graph.py).
+
+``method="mws"``: step 1 takes the mutex watershed of each block instead, read with a halo as long as the
+offsets reach and cut to the block; the blocks' cuts stand, and step 2 only agglomerates the segments that
+meet across block faces (mean affinity of the face pairs). That is block-wise stitching: the labels depend
+on the blocks where a cell's fate differs between a block's view and the whole volume's.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from volseg.core import blockgraph, preempt
-from volseg.core.affinities import check_offsets
+from volseg.core.affinities import check_offsets, offset_reach
 from volseg.core.progress import Progress, Tracker
 from volseg.errors import InputError, OptionError
 from volseg.stages.segment.inputs import open_output
@@ -49,8 +54,9 @@ def affinity_input(path: str | os.PathLike) -> tuple[Volume, tuple]:
     src = open_volume(path, channels=True)
     if src.channels is None:
         raise InputError(
-            f"{src.path}: is a (z, y, x) {src.kind} volume; --method agglo reads affinities (c, z, y, x), "
-            "e.g. from a model trained with affinity targets; segment boundaries with --method watershed"
+            f"{src.path}: is a (z, y, x) {src.kind} volume; --method agglo and mws read affinities "
+            "(c, z, y, x), e.g. from a model trained with affinity targets; segment boundaries with "
+            "--method watershed"
         )
     recorded = src.meta.get("offsets")
     if recorded is None:
@@ -88,7 +94,7 @@ def segment_affinities(
     workers: int | None,
     progress: Progress | None,
 ) -> SegmentResult:
-    """What :func:`volseg.stages.segment.segment` does for ``method="agglo"`` (its checks made)."""
+    """What :func:`volseg.stages.segment.segment` does for ``method="agglo"`` or ``"mws"``."""
     src, offsets = affinity_input(prob)
     require_complete(src, "input")
     blockgraph.pair_channels(offsets, (0, 1, 2) if opts.mode == "3d" else (1, 2))  # refused before writing
@@ -161,9 +167,14 @@ def _pieces_file(out: Volume | Path | Location, index: Sequence[int]) -> Path | 
     return root / _WORK / "pieces" / (".".join(map(str, index)) + ".npz")
 
 
-def _halo(region: tuple[slice, ...], shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """The block grown by one voxel where the volume goes on, and where the block lies in it."""
-    grown = tuple(slice(max(0, s.start - 1), min(n, s.stop + 1)) for s, n in zip(region, shape, strict=True))
+def _halo(
+    region: tuple[slice, ...], shape: Sequence[int], reach: Sequence[int] = (1, 1, 1)
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """The block grown by ``reach`` (at least one voxel) where the volume goes on, and where it lies in it."""
+    grown = tuple(
+        slice(max(0, s.start - max(1, r)), min(n, s.stop + max(1, r)))
+        for s, n, r in zip(region, shape, reach, strict=True)
+    )
     inner = tuple(slice(s.start - g.start, s.stop - g.start) for s, g in zip(region, grown, strict=True))
     return grown, inner
 
@@ -172,12 +183,13 @@ def _fragments_task(
     src: Volume, scratch: Volume, out: Path | Location, offsets: tuple, opts: SegmentOptions, index: tuple
 ) -> None:
     region = scratch.block_region(index)
-    grown, inner = _halo(region, scratch.shape)
+    reach = offset_reach(offsets) if opts.method == "mws" else (1, 1, 1)  # mws: context the offsets see
+    grown, inner = _halo(region, scratch.shape, reach)
     affs = np.asarray(src.array[(slice(None), *grown)])
     pieces = blockgraph.block_pieces(
         affs, offsets, inner, [s.start for s in region], scratch.shape,
         fragment_threshold=opts.fragment_threshold, merge_threshold=opts.merge_threshold,
-        link_z=opts.mode == "3d",
+        link_z=opts.mode == "3d", method="mws" if opts.method == "mws" else "cc",
     )  # fmt: skip
     target = _pieces_file(out, index)
     if not isinstance(target, Location):
@@ -211,7 +223,7 @@ def _solution(vol: Volume, scratch: Volume, opts: SegmentOptions) -> dict[str, A
     sol = blockgraph.solve(
         counts, load, vol.block_grid,
         fragment_threshold=opts.fragment_threshold, merge_threshold=opts.merge_threshold,
-        min_size=opts.min_size, link_z=opts.mode == "3d",
+        min_size=opts.min_size, link_z=opts.mode == "3d", join_faces=opts.method != "mws",
     )  # fmt: skip
     keys = np.array(list(sol.bases), np.int64).reshape(-1, 3)
     packed = {

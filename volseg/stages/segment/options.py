@@ -16,6 +16,7 @@ from volseg.storage.files import json_ready
 
 __all__ = [
     "CLUSTER_RETRIES",
+    "AFFINITY_METHODS",
     "INPUT_KINDS",
     "METHODS",
     "SCHEDULERS",
@@ -27,7 +28,9 @@ __all__ = [
 
 SCHEDULERS = ("threads", "processes", "synchronous")
 #: segment's methods: the 2-D kernels of :mod:`volseg.core.segmentation`, and agglomeration of affinities.
-METHODS = (*SEGMENT_KERNELS, "agglo")
+METHODS = (*SEGMENT_KERNELS, "agglo", "mws")
+#: The methods that read an affinity volume (c, z, y, x) (:mod:`volseg.stages.segment.graph`).
+AFFINITY_METHODS = ("agglo", "mws")
 INPUT_KINDS = ("probability", "mask")
 
 
@@ -44,7 +47,9 @@ class SegmentOptions:
         2-D only: ``"watershed"`` (seeded, default) or ``"cc"`` (connected components of
         the interior). 3-D always uses connected components. ``"agglo"`` reads an affinity
         volume ``(c, z, y, x)`` instead: fragments and mean-affinity agglomeration with global
-        ids (:mod:`volseg.stages.segment.graph`), in 2-D or, linked across sections, in 3-D.
+        ids (:mod:`volseg.stages.segment.graph`), in 2-D or, linked across sections, in 3-D;
+        ``"mws"`` the mutex watershed of each block (with a halo as long as the offsets reach),
+        joined across block faces by mean affinity (``pip install "volseg[mws]"``).
     seeds
         Watershed seeds: ``"distance"`` (the tops of the distance transform of the interior,
         default) or ``"hminima"`` (h-minima of the smoothed boundary map).
