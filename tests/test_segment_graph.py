@@ -252,6 +252,9 @@ def test_cli_agglo_and_its_one_line_refusals(tmp_path):
                              "agglo", "--mode", "3d", "--json"])  # fmt: skip
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)["labels"] == 5 and _same_partition(_labels(tmp_path / "c.zarr"), labels)
+    info = runner.invoke(app, ["info", str(tmp_path / "a.zarr")])
+    assert info.exit_code == 0
+    assert "4 (axes c, z, y, x; offsets 0,-1,0; 0,0,-1; -1,0,0; 0,-3,0)" in info.output
     for args, words in (
         (["segment", str(tmp_path / "bare.zarr"), str(tmp_path / "d.zarr"), "--method", "agglo"],
          "records no affinity offsets"),

@@ -26,6 +26,11 @@ def print_info(data: dict[str, Any]) -> None:
         ("path", data["path"]),
         ("kind", data["kind"]),
         ("shape (z, y, x)", zyx(data["shape"])),
+        *(
+            [("channels", f"{data['channels']} (axes c, z, y, x; offsets {offsets_text(data)})")]
+            if data.get("channels")
+            else []
+        ),
         ("dtype", data["dtype"]),
         ("chunks", zyx(data["chunks"]) + (f"  (shards {zyx(data['shards'])})" if data["shards"] else "")),
         ("codec", data["codec"]),
@@ -223,3 +228,11 @@ def _report_footer(report: EvaluateResult) -> str:
         parts.append(f"scored the overlap {span} of the truth (the prediction starts at {starts})")
     parts.append(f"{report.seconds} s")
     return "; ".join(parts)
+
+
+def offsets_text(data: dict) -> str:
+    """A channel volume's recorded offsets as ``dz,dy,dx; ...`` (or "not recorded")."""
+    offsets = (data.get("attributes") or {}).get("offsets")
+    if not isinstance(offsets, list):
+        return "not recorded"
+    return "; ".join(",".join(str(v) for v in o) for o in offsets if isinstance(o, list))
